@@ -1,0 +1,1 @@
+"""xjobs: xAI's asynchronous work (deferred jobs, chat batches) run durably on AWS."""

@@ -1,0 +1,214 @@
+"""Jobs in DynamoDB: creation, forward-only status changes, reads and listings.
+
+A status only moves forward (pending -> processing -> a terminal status) and a terminal status never
+changes: every change is a conditional write on the statuses it may come from.
+"""
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr, Key
+from botocore.exceptions import ClientError
+
+from . import aws
+
+PENDING = "pending"  # accepted, not yet handed to xAI
+PROCESSING = "processing"  # xAI has it
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TIMED_OUT = "timed_out"
+ACTIVE = (PENDING, PROCESSING)
+TERMINAL = (COMPLETED, FAILED, CANCELLED, TIMED_OUT)
+STATUSES = ACTIVE + TERMINAL
+
+RETENTION_SECONDS = 30 * 86400
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobConflict(RuntimeError):
+    pass
+
+
+def _allowed_sources(status: str) -> tuple[str, ...]:
+    return (PENDING,) if status == PROCESSING else ACTIVE
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; give callers ints and floats."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _conditional_failure(exc: ClientError) -> bool:
+    return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+class JobStore:
+    def __init__(self, table_name: str):
+        self.table = aws.table(table_name)
+
+    def create(self, job: dict) -> None:
+        self.table.put_item(Item=job, ConditionExpression=Attr("id").not_exists())
+
+    def delete(self, job_id: str) -> None:
+        self.table.delete_item(Key={"id": job_id})
+
+    def get(self, job_id: str) -> dict | None:
+        item = self.table.get_item(Key={"id": job_id}, ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def get_for_tenant(self, job_id: str, tenant: str) -> dict:
+        job = self.get(job_id)
+        if job is None or job["tenant"] != tenant:
+            raise JobNotFound(job_id)
+        return job
+
+    def list(
+        self, tenant: str, *, status: str | None, limit: int, after: str | None
+    ) -> tuple[list[dict], bool]:
+        """The tenant's jobs, newest first; ``after`` is the id of the last job of the previous page."""
+        condition = Key("tenant").eq(tenant)
+        if after:
+            condition = condition & Key("id").lt(after)
+        query: dict[str, Any] = {
+            "IndexName": "by-tenant",
+            "KeyConditionExpression": condition,
+            "ScanIndexForward": False,
+            "Limit": limit + 1,
+        }
+        if status:
+            query["FilterExpression"] = Attr("status").eq(status)
+        jobs: list[dict] = []
+        while len(jobs) <= limit:
+            page = self.table.query(**query)
+            jobs.extend(_plain(item) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return jobs[:limit], len(jobs) > limit
+
+    def advance(self, job_id: str, status: str, **fields: Any) -> dict | None:
+        """Move the job to ``status`` if it may get there from where it is; None if it may not."""
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":status": status, ":updated": int(time.time())}
+        assignments = ["#status = :status", "updated = :updated"]
+        for index, (name, value) in enumerate(fields.items()):
+            names[f"#f{index}"] = name
+            values[f":f{index}"] = value
+            assignments.append(f"#f{index} = :f{index}")
+        sources = _allowed_sources(status)
+        for index, source in enumerate(sources):
+            values[f":from{index}"] = source
+        condition = "#status IN (" + ", ".join(f":from{i}" for i in range(len(sources))) + ")"
+        try:
+            reply = self.table.update_item(
+                Key={"id": job_id},
+                UpdateExpression="SET " + ", ".join(assignments),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _conditional_failure(exc):
+                return None
+            raise
+        return _plain(reply["Attributes"])
+
+    def record_poll(self, job_id: str, progress: int | None) -> None:
+        """Count a status poll (and keep xAI's progress) while the job is still active."""
+        values: dict[str, Any] = {
+            ":one": 1,
+            ":updated": int(time.time()),
+            ":pending": PENDING,
+            ":proc": PROCESSING,
+        }
+        update = "SET updated = :updated ADD attempts :one"
+        if progress is not None:
+            update = "SET updated = :updated, progress = :progress ADD attempts :one"
+            values[":progress"] = progress
+        try:
+            self.table.update_item(
+                Key={"id": job_id},
+                UpdateExpression=update,
+                ConditionExpression="#status IN (:pending, :proc)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+
+    def park(self, job_id: str, token: str) -> bool:
+        """Store the token that wakes the job's loop; False if the job is no longer active."""
+        try:
+            self.table.update_item(
+                Key={"id": job_id},
+                UpdateExpression="SET wake_token = :token",
+                ConditionExpression="#status IN (:pending, :proc)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":token": token, ":pending": PENDING, ":proc": PROCESSING},
+            )
+        except ClientError as exc:
+            if _conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def cancel(self, job_id: str, tenant: str) -> dict:
+        """Cancel an active job of the tenant; raises JobNotFound or JobConflict."""
+        try:
+            reply = self.table.update_item(
+                Key={"id": job_id},
+                UpdateExpression="SET #status = :cancelled, updated = :now",
+                ConditionExpression="tenant = :tenant AND #status IN (:pending, :proc)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":cancelled": CANCELLED,
+                    ":now": int(time.time()),
+                    ":tenant": tenant,
+                    ":pending": PENDING,
+                    ":proc": PROCESSING,
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+            old = exc.response.get("Item")
+            if not old or old.get("tenant", {}).get("S") != tenant:
+                raise JobNotFound(job_id) from None
+            raise JobConflict(f"job {job_id} is already {old['status']['S']}") from None
+        return _plain(reply["Attributes"])
+
+    def claim(self, job_id: str, flag: str) -> bool:
+        """Set ``flag`` once; True for the one caller that set it. Guards one-time side effects."""
+        try:
+            self.table.update_item(
+                Key={"id": job_id},
+                UpdateExpression="SET #flag = :now",
+                ConditionExpression="attribute_not_exists(#flag)",
+                ExpressionAttributeNames={"#flag": flag},
+                ExpressionAttributeValues={":now": int(time.time())},
+            )
+        except ClientError as exc:
+            if _conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def release(self, job_id: str, flag: str) -> None:
+        self.table.update_item(
+            Key={"id": job_id}, UpdateExpression="REMOVE #flag", ExpressionAttributeNames={"#flag": flag}
+        )

@@ -1,0 +1,208 @@
+"""The steps of a job's state machine: Poll, Wait (park) and Finish."""
+
+import contextlib
+import json
+import math
+import tempfile
+import time
+
+from aws_lambda_powertools import Logger
+
+from . import aws, jobs, notify
+from .limiter import RateLimiter
+from .settings import get_settings
+from .upstream import secret, xai_client
+from .views import job_view, result_key, video_key
+from .xai import DEFERRED_CHAT, XaiError, XaiRateLimited, XaiRejected
+
+logger = Logger(child=True)
+
+# Each pass through Poll -> Finished? -> Wait writes 13 history events; retries add a few more.
+# Keeping an execution under this many polls keeps it far from the 25,000-event history limit.
+MAX_POLLS = 1000
+WAIT_GROWTH = 1.5
+NOTIFIED_FLAG = "notified_at"
+WEBHOOK_FLAG = "webhook_delivered_at"
+
+
+def next_wait(polls: int, seconds_left: float, min_wait: int, max_wait: int) -> int:
+    """Seconds until the next poll: short at first, growing to a cap, spread to fit the poll budget."""
+    wait = min(max_wait, min_wait * WAIT_GROWTH ** max(0, polls - 1))
+    wait = max(wait, seconds_left / max(1, MAX_POLLS - polls))
+    wait = min(wait, seconds_left + 1)
+    return max(1, math.ceil(wait))
+
+
+def poll(job_id: str, polls: int) -> dict:
+    settings = get_settings()
+    store = jobs.JobStore(settings.jobs_table)
+    job = store.get(job_id)
+    if job is None:
+        raise jobs.JobNotFound(job_id)
+    polls += 1
+
+    def result(finished: bool, wait: float = 0) -> dict:
+        left = job["deadline"] - time.time()
+        if not finished:
+            wait = max(
+                wait, next_wait(polls, left, settings.poll_min_wait_seconds, settings.poll_max_wait_seconds)
+            )
+            wait = min(math.ceil(wait), max(1, math.ceil(left + 1)))
+        return {
+            "job_id": job_id,
+            "polls": polls,
+            "finished": finished,
+            "wait_seconds": int(wait),
+            "error": None,
+        }
+
+    if job["status"] in jobs.TERMINAL:
+        if job["status"] == jobs.CANCELLED:
+            _cancel_upstream(job)
+        return result(True)
+    if time.time() >= job["deadline"]:
+        error = {
+            "code": "timed_out",
+            "message": f"the job did not finish within {job['deadline'] - job['created']} s",
+        }
+        if store.advance(job_id, jobs.TIMED_OUT, error=error):
+            _cancel_upstream(job)
+        return result(True)
+
+    client = xai_client()
+    if not job.get("xai_request_id"):
+        return _submit(store, job, client, settings, result)
+    try:
+        status = client.status(job["kind"], job["xai_request_id"])
+    except XaiRateLimited as exc:
+        return result(False, exc.retry_after)
+    except XaiRejected as exc:
+        store.advance(job_id, jobs.FAILED, error={"code": exc.code, "message": exc.message})
+        return result(True)
+    if status.state == "pending":
+        store.record_poll(job_id, status.progress)
+        return result(False)
+    store.record_poll(job_id, None)
+    if status.state == "done":
+        stored = _store_result(job, status, client)
+        store.advance(job_id, jobs.COMPLETED, progress=100, **stored)
+    else:
+        store.advance(job_id, jobs.FAILED, error=status.error)
+    return result(True)
+
+
+def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
+    if job["kind"] != DEFERRED_CHAT:
+        wait = RateLimiter(
+            settings.limits_table, "video-submit", settings.video_requests_per_second
+        ).try_acquire()
+        if wait:
+            return result(False, wait)
+    try:
+        request_id = client.submit(job["kind"], json.loads(job["request"]))
+    except XaiRateLimited as exc:
+        return result(False, exc.retry_after)
+    except XaiRejected as exc:
+        store.advance(job["id"], jobs.FAILED, error={"code": exc.code, "message": exc.message})
+        return result(True)
+    logger.info("submitted to xAI", extra={"job_id": job["id"], "xai_request_id": request_id})
+    if store.advance(job["id"], jobs.PROCESSING, xai_request_id=request_id) is None:
+        # Cancelled or timed out while the submit was in flight.
+        job["xai_request_id"] = request_id
+        _cancel_upstream(job)
+        return result(True)
+    return result(False)
+
+
+def _store_result(job: dict, status, client) -> dict:
+    """Copy the result into our bucket before the job is marked completed: xAI's copy does not last."""
+    s3 = aws.client("s3")
+    bucket = get_settings().data_bucket
+    if job["kind"] == DEFERRED_CHAT:
+        key = result_key(job["id"])
+        s3.put_object(
+            Bucket=bucket, Key=key, Body=json.dumps(status.result).encode(), ContentType="application/json"
+        )
+        return {"result_key": key}
+    key = video_key(job["id"])
+    with tempfile.SpooledTemporaryFile(max_size=32 << 20) as buffer:
+        client.download(status.video_url, buffer)
+        buffer.seek(0)
+        s3.upload_fileobj(buffer, bucket, key, ExtraArgs={"ContentType": "video/mp4"})
+    return {"video_key": key}
+
+
+def _cancel_upstream(job: dict) -> None:
+    if not job.get("xai_request_id"):
+        return
+    store = jobs.JobStore(get_settings().jobs_table)
+    if not store.claim(job["id"], "xai_cancel_requested_at"):
+        return
+    try:
+        xai_client().cancel(job["kind"], job["xai_request_id"])
+    except XaiError as exc:  # best effort: xAI documents no cancel endpoint at all
+        logger.info("xAI cancel not honoured", extra={"job_id": job["id"], "reason": str(exc)})
+
+
+def park(job_id: str, token: str) -> dict:
+    store = jobs.JobStore(get_settings().jobs_table)
+    if not store.park(job_id, token):
+        # The job ended while we were not waiting on a token: go straight back to Poll.
+        raise JobNotActive(job_id)
+    return {"job_id": job_id, "parked": True}
+
+
+class JobNotActive(RuntimeError):
+    pass
+
+
+def wake(token: str | None) -> None:
+    """Wake a parked loop early (cancel, upstream callback). A stale token is harmless."""
+    if not token:
+        return
+    sfn = aws.client("stepfunctions")
+    with contextlib.suppress(
+        sfn.exceptions.TaskTimedOut, sfn.exceptions.InvalidToken, sfn.exceptions.TaskDoesNotExist
+    ):
+        sfn.send_task_success(taskToken=token, output="{}")
+
+
+def finish(job_id: str, error: dict | None) -> dict:
+    settings = get_settings()
+    store = jobs.JobStore(settings.jobs_table)
+    if error:
+        store.advance(job_id, jobs.FAILED, error=describe_step_error(error))
+    job = store.get(job_id)
+    if job is None:
+        raise jobs.JobNotFound(job_id)
+    if job["status"] not in jobs.TERMINAL:
+        raise RuntimeError(f"job {job_id} reached Finish while {job['status']}")
+    message = {"event": "job.finished", "job": job_view(job, with_result=False)}
+    if store.claim(job_id, NOTIFIED_FLAG):
+        try:
+            notify.publish(
+                settings.topic_arn,
+                message,
+                event="job.finished",
+                kind=job["kind"],
+                status=job["status"],
+                tenant=job["tenant"],
+            )
+        except Exception:
+            store.release(job_id, NOTIFIED_FLAG)
+            raise
+    if job.get("webhook_url") and not job.get(WEBHOOK_FLAG):
+        notify.deliver_webhook(
+            job["webhook_url"], message, event="job.finished", secret=secret(settings.webhook_signing_secret)
+        )
+        store.claim(job_id, WEBHOOK_FLAG)
+    return {"job_id": job_id, "status": job["status"]}
+
+
+def describe_step_error(error: dict) -> dict:
+    """Turn a Step Functions error (Error, Cause) into the job's error, without stack traces."""
+    code = str(error.get("Error") or "internal_error")
+    cause = error.get("Cause") or ""
+    with contextlib.suppress(ValueError, AttributeError):
+        cause = json.loads(cause).get("errorMessage", cause)
+    return {"code": code, "message": str(cause)[:1000] or "the job's loop failed"}

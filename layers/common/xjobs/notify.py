@@ -1,0 +1,78 @@
+"""Announcing finished jobs: one SNS message per job, and a signed webhook when the job asked for one.
+
+Webhook signature: ``X-Xjobs-Signature: v1=<hex>`` where hex is HMAC-SHA256 over
+``"<X-Xjobs-Timestamp>.<raw body>"`` keyed with the deployment's webhook signing secret.
+"""
+
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from . import aws
+
+SIGNATURE_HEADER = "X-Xjobs-Signature"
+TIMESTAMP_HEADER = "X-Xjobs-Timestamp"
+EVENT_HEADER = "X-Xjobs-Event"
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+
+
+class WebhookUndelivered(RuntimeError):
+    """The receiver did not answer 2xx; the state machine retries with backoff."""
+
+
+def publish(topic_arn: str, message: dict, *, event: str, kind: str, status: str, tenant: str) -> str:
+    attributes = {"event": event, "kind": kind, "status": status, "tenant": tenant}
+    reply = aws.client("sns").publish(
+        TopicArn=topic_arn,
+        Message=json.dumps(message, separators=(",", ":")),
+        MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()},
+    )
+    return reply["MessageId"]
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, *, tolerance_seconds: int = 300) -> bool:
+    """For receivers: check a delivery's signature and that it is fresh."""
+    try:
+        age = abs(time.time() - int(timestamp))
+    except ValueError:
+        return False
+    return age <= tolerance_seconds and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def check_webhook_url(url: str, *, allow_http: bool) -> str | None:
+    """None if the URL may receive webhooks, else what is wrong with it."""
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in schemes:
+        return f"must be an {' or '.join(schemes)} URL"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    return None
+
+
+def deliver_webhook(url: str, message: dict, *, event: str, secret: str) -> None:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        EVENT_HEADER: event,
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+    }
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        raise WebhookUndelivered(f"webhook delivery failed: {type(exc).__name__}") from None
+    if not 200 <= response.status_code < 300:
+        raise WebhookUndelivered(f"webhook receiver answered {response.status_code}")

@@ -1,0 +1,37 @@
+"""Configuration from the environment. The names are set in template.yaml (Globals and per function)."""
+
+import os
+from functools import cache
+
+from pydantic import BaseModel, Field, ValidationError
+
+
+class Settings(BaseModel):
+    jobs_table: str = Field(alias="JOBS_TABLE")
+    idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE")
+    limits_table: str = Field(alias="LIMITS_TABLE")
+    data_bucket: str = Field(alias="DATA_BUCKET")
+    topic_arn: str = Field(alias="TOPIC_ARN")
+    xai_base_url: str = Field(alias="XAI_BASE_URL", default="https://api.x.ai/v1")
+    xai_api_key_secret: str = Field(alias="XAI_API_KEY_SECRET")
+    webhook_signing_secret: str = Field(alias="WEBHOOK_SIGNING_SECRET")
+    allow_http_webhooks: bool = Field(alias="ALLOW_HTTP_WEBHOOKS", default=False)
+    state_machine_arn: str | None = Field(alias="STATE_MACHINE_ARN", default=None)
+    job_timeout_default_seconds: int = Field(alias="JOB_TIMEOUT_DEFAULT_SECONDS", default=3600, ge=1)
+    job_timeout_max_seconds: int = Field(alias="JOB_TIMEOUT_MAX_SECONDS", default=86400, ge=1)
+    poll_min_wait_seconds: int = Field(alias="POLL_MIN_WAIT_SECONDS", default=2, ge=1)
+    poll_max_wait_seconds: int = Field(alias="POLL_MAX_WAIT_SECONDS", default=60, ge=1)
+    video_requests_per_second: float = Field(alias="VIDEO_REQUESTS_PER_SECOND", default=1, gt=0)
+
+
+class ConfigurationError(RuntimeError):
+    pass
+
+
+@cache
+def get_settings() -> Settings:
+    try:
+        return Settings.model_validate(os.environ)
+    except ValidationError as exc:
+        problems = "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in exc.errors())
+        raise ConfigurationError(f"bad environment: {problems}") from None

@@ -1,0 +1,51 @@
+"""What callers see of a job: the seed's shape, with presigned links to stored results."""
+
+import json
+
+from . import aws, jobs
+from .settings import get_settings
+from .xai import DEFERRED_CHAT
+
+PRESIGNED_URL_SECONDS = 3600
+
+
+def video_key(job_id: str) -> str:
+    return f"jobs/{job_id}/video.mp4"
+
+
+def result_key(job_id: str) -> str:
+    return f"jobs/{job_id}/result.json"
+
+
+def presigned_get(key: str) -> str:
+    return aws.client("s3").generate_presigned_url(
+        "get_object",
+        Params={"Bucket": get_settings().data_bucket, "Key": key},
+        ExpiresIn=PRESIGNED_URL_SECONDS,
+    )
+
+
+def job_view(job: dict, *, with_result: bool = True) -> dict:
+    completed = job["status"] == jobs.COMPLETED
+    data = None
+    if completed and job.get("video_key"):
+        data = [{"url": presigned_get(job["video_key"])}]
+    result = None
+    if completed and with_result and job["kind"] == DEFERRED_CHAT and job.get("result_key"):
+        body = aws.client("s3").get_object(Bucket=get_settings().data_bucket, Key=job["result_key"])["Body"]
+        result = json.loads(body.read())
+    return {
+        "id": job["id"],
+        "object": "job",
+        "kind": job["kind"],
+        "model": job.get("model"),
+        "status": job["status"],
+        "created": job["created"],
+        "updated": job["updated"],
+        "deadline": job["deadline"],
+        "progress": job.get("progress"),
+        "attempts": job.get("attempts", 0),
+        "data": data,
+        "result": result,
+        "error": job.get("error"),
+    }

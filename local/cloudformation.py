@@ -1,0 +1,383 @@
+"""template.yaml -> resources in the AWS emulator.
+
+The SAM template is translated by the real SAM translator (the same code `sam deploy` runs through
+CloudFormation), then each resource the local stack needs is created in moto through its AWS API,
+with the intrinsic functions (Ref, GetAtt, Sub, Join) resolved against the names given here.
+Resources that mean nothing locally (IAM roles, log groups, layers, API Gateway deployments) are
+skipped; the API itself is served by local/apigateway.py from the translated OpenAPI body.
+"""
+
+import io
+import json
+import os
+import re
+import secrets
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+
+SKIPPED_TYPES = {
+    "AWS::IAM::Role",
+    "AWS::Lambda::Permission",
+    "AWS::Lambda::LayerVersion",
+    "AWS::Logs::LogGroup",
+    "AWS::ApiGateway::Deployment",
+    "AWS::ApiGateway::Stage",
+    "AWS::ApiGateway::UsagePlanKey",
+}
+
+
+class TemplateError(RuntimeError):
+    pass
+
+
+def translate(
+    parameter_overrides: dict[str, str] | None = None, template: Path = TEMPLATE
+) -> tuple[dict, dict]:
+    """SAM -> CloudFormation. Returns the CloudFormation template and the parameter values in force."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+    sam = yaml_parse(template.read_text())
+    for resource in sam["Resources"].values():
+        props = resource.get("Properties", {})
+        # `sam build` would upload these folders; the local runtime reads them in place instead.
+        for uri in ("CodeUri", "ContentUri"):
+            if isinstance(props.get(uri), str):
+                props[uri] = {"Bucket": "local", "Key": props[uri]}
+        if isinstance(props.get("DefinitionUri"), str):
+            props["Definition"] = json.loads((template.parent / props.pop("DefinitionUri")).read_text())
+    parameters = {name: str(spec.get("Default", "")) for name, spec in sam.get("Parameters", {}).items()}
+    unknown = set(parameter_overrides or {}) - set(parameters)
+    if unknown:
+        raise TemplateError(f"template.yaml has no parameter(s) {', '.join(sorted(unknown))}")
+    parameters.update({k: str(v) for k, v in (parameter_overrides or {}).items()})
+    cfn = Translator(managed_policy_map={}, sam_parser=Parser()).translate(
+        sam, parameter_values=dict(parameters)
+    )
+    return cfn, parameters
+
+
+@dataclass
+class FunctionSpec:
+    logical_id: str
+    name: str
+    arn: str
+    code_dir: Path
+    handler: str
+    timeout: int
+    memory: int
+    environment: dict[str, str]
+
+
+@dataclass
+class Route:
+    method: str
+    path: str  # with {placeholders}
+    function: str  # logical id
+    api_key_required: bool
+
+
+@dataclass
+class ApiSpec:
+    logical_id: str
+    stage: str
+    routes: list[Route]
+    rate_limit: float | None = None
+    burst_limit: int | None = None
+
+
+@dataclass
+class Provisioned:
+    """What the stack created, by logical id."""
+
+    physical: dict[str, str] = field(default_factory=dict)  # what Ref returns
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # GetAtt
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    apis: dict[str, ApiSpec] = field(default_factory=dict)
+    api_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # logical id -> {id, value}
+    types: dict[str, str] = field(default_factory=dict)
+    event_source_mappings: list[dict[str, Any]] = field(default_factory=list)
+    bucket_notifications: dict[str, dict] = field(default_factory=dict)
+
+    def of_type(self, cfn_type: str) -> dict[str, str]:
+        return {lid: self.physical[lid] for lid, t in self.types.items() if t == cfn_type}
+
+
+class Provisioner:
+    def __init__(
+        self, cfn: dict, parameters: dict[str, str], session, *, stack_name: str, secret_values: dict
+    ):
+        self.cfn = cfn
+        self.parameters = parameters
+        self.session = session
+        self.stack_name = stack_name
+        self.secret_values = secret_values
+        self.out = Provisioned()
+        self.resources: dict[str, dict] = cfn["Resources"]
+
+    # ---- names -------------------------------------------------------------------------------
+    def _name(self, logical_id: str, *, lower: bool = False, max_len: int = 64) -> str:
+        name = f"{self.stack_name}-{logical_id}"
+        return (name.lower() if lower else name)[:max_len]
+
+    def _plan_names(self) -> None:
+        """Names and ARNs are fixed before anything is created, so references may point either way."""
+        for lid, res in self.resources.items():
+            kind = res["Type"]
+            self.out.types[lid] = kind
+            arn = f"arn:aws:{{}}:{REGION}:{ACCOUNT}:{{}}"
+            if kind == "AWS::DynamoDB::Table":
+                name = self._name(lid)
+                self._set(lid, name, Arn=arn.format("dynamodb", f"table/{name}"))
+            elif kind == "AWS::S3::Bucket":
+                name = self._name(lid, lower=True, max_len=63)
+                self._set(lid, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com")
+            elif kind == "AWS::SNS::Topic":
+                name = self._name(lid)
+                self._set(lid, arn.format("sns", name), TopicName=name, TopicArn=arn.format("sns", name))
+            elif kind == "AWS::SQS::Queue":
+                name = self._name(lid, max_len=80)
+                self._set(lid, "", Arn=arn.format("sqs", name), QueueName=name)
+            elif kind == "AWS::Lambda::Function":
+                name = self._name(lid)
+                self._set(lid, name, Arn=arn.format("lambda", f"function:{name}"))
+            elif kind == "AWS::StepFunctions::StateMachine":
+                name = self._name(lid, max_len=80)
+                self._set(lid, arn.format("states", f"stateMachine:{name}"), Name=name)
+            elif kind == "AWS::IAM::Role":
+                name = self._name(lid)
+                self._set(lid, name, Arn=f"arn:aws:iam::{ACCOUNT}:role/{name}")
+            elif kind == "AWS::Logs::LogGroup":
+                name = f"/xjobs/{self._name(lid)}"
+                self._set(lid, name, Arn=arn.format("logs", f"log-group:{name}:*"))
+            else:
+                self._set(lid, f"{self._name(lid)}")
+
+    def _set(self, lid: str, ref: str, **attributes: str) -> None:
+        self.out.physical[lid] = ref
+        self.out.attributes[lid] = attributes
+
+    # ---- intrinsic functions -----------------------------------------------------------------
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, arg),) = value.items()
+            if key == "Ref":
+                return self._ref(arg)
+            if key == "Fn::GetAtt":
+                lid, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self._get_att(lid, attr)
+            if key == "Fn::Sub":
+                text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+                return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._sub_var(m.group(1), variables)), text)
+            if key == "Fn::Join":
+                separator, items = arg
+                return separator.join(str(v) for v in self.resolve(items))
+            if key.startswith("Fn::"):
+                raise TemplateError(f"the local stack does not resolve {key}")
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def _ref(self, name: str) -> str:
+        pseudo = {
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::StackName": self.stack_name,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.out.physical:
+            return self.out.physical[name]
+        raise TemplateError(f"Ref to unknown name {name}")
+
+    def _get_att(self, lid: str, attr: str) -> str:
+        try:
+            return self.out.attributes[lid][attr]
+        except KeyError:
+            raise TemplateError(f"the local stack has no value for GetAtt {lid}.{attr}") from None
+
+    def _sub_var(self, name: str, variables: dict) -> str:
+        if name in variables:
+            return variables[name]
+        if "." in name:
+            return self._get_att(*name.split(".", 1))
+        return self._ref(name)
+
+    # ---- creation ----------------------------------------------------------------------------
+    def provision(self) -> Provisioned:
+        self._plan_names()
+        self.session.client("iam").create_role(
+            RoleName=f"{self.stack_name}-lambda",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}),
+        )
+        order = [
+            ("AWS::DynamoDB::Table", self._table),
+            ("AWS::S3::Bucket", self._bucket),
+            ("AWS::SNS::Topic", self._topic),
+            ("AWS::SQS::Queue", self._queue),
+            ("AWS::SecretsManager::Secret", self._secret),
+            ("AWS::ApiGateway::ApiKey", self._api_key),
+            ("AWS::Lambda::Function", self._function),
+            ("AWS::StepFunctions::StateMachine", self._state_machine),
+            ("AWS::ApiGateway::RestApi", self._rest_api),
+            ("AWS::ApiGateway::UsagePlan", self._usage_plan),
+            ("AWS::Lambda::EventSourceMapping", self._event_source_mapping),
+        ]
+        handled = {kind for kind, _ in order}
+        for kind, create in order:
+            for lid, res in self.resources.items():
+                if res["Type"] == kind:
+                    create(lid, res.get("Properties", {}))
+        unknown = {r["Type"] for r in self.resources.values()} - handled - SKIPPED_TYPES
+        if unknown:
+            raise TemplateError(f"the local stack cannot create {', '.join(sorted(unknown))}")
+        return self.out
+
+    def _table(self, lid: str, props: dict) -> None:
+        props = self.resolve(props)
+        ddb = self.session.client("dynamodb")
+        args = {
+            "TableName": self.out.physical[lid],
+            "KeySchema": props["KeySchema"],
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+        }
+        if props.get("GlobalSecondaryIndexes"):
+            args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        ddb.create_table(**args)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            ddb.update_time_to_live(TableName=args["TableName"], TimeToLiveSpecification=ttl)
+
+    def _bucket(self, lid: str, props: dict) -> None:
+        self.session.client("s3").create_bucket(Bucket=self.out.physical[lid])
+        if props.get("NotificationConfiguration"):
+            self.out.bucket_notifications[lid] = self.resolve(props["NotificationConfiguration"])
+
+    def _topic(self, lid: str, props: dict) -> None:
+        self.session.client("sns").create_topic(Name=self.out.attributes[lid]["TopicName"])
+
+    def _queue(self, lid: str, props: dict) -> None:
+        props = self.resolve(props)
+        attributes = {
+            k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in props.items() if k != "Tags"
+        }
+        url = self.session.client("sqs").create_queue(
+            QueueName=self.out.attributes[lid]["QueueName"], Attributes=attributes
+        )["QueueUrl"]
+        self.out.physical[lid] = url
+
+    def _secret(self, lid: str, props: dict) -> None:
+        if lid in self.secret_values:
+            value = self.secret_values[lid]
+        elif "SecretString" in props:
+            value = self.resolve(props["SecretString"])
+        else:
+            value = secrets.token_urlsafe(36)
+        arn = self.session.client("secretsmanager").create_secret(Name=self._name(lid), SecretString=value)[
+            "ARN"
+        ]
+        self._set(lid, arn, Id=arn)
+
+    def _api_key(self, lid: str, props: dict) -> None:
+        key = self.session.client("apigateway").create_api_key(
+            name=self._name(lid), enabled=True, value=secrets.token_urlsafe(30)
+        )
+        self.out.physical[lid] = key["id"]
+        self.out.api_keys[lid] = {"id": key["id"], "value": key["value"]}
+
+    def _function(self, lid: str, props: dict) -> None:
+        props = self.resolve(props)
+        name = self.out.physical[lid]
+        code = props.get("Code", {})
+        code_dir = ROOT / code.get("S3Key", "")
+        if (
+            code.get("S3Bucket") != "local"
+            or not (code_dir / props["Handler"].split(".")[0]).with_suffix(".py").exists()
+        ):
+            raise TemplateError(f"{lid}: CodeUri {code_dir} holds no module for handler {props['Handler']}")
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("README", "code runs in-process in the local stack")
+        # The function exists in the emulator so Step Functions, S3 and SNS can invoke it by ARN.
+        self.session.client("lambda").create_function(
+            FunctionName=name,
+            Runtime=props.get("Runtime", "python3.12"),
+            Role=f"arn:aws:iam::{ACCOUNT}:role/{self.stack_name}-lambda",
+            Handler=props["Handler"],
+            Code={"ZipFile": archive.getvalue()},
+            Timeout=int(props.get("Timeout", 3)),
+            MemorySize=int(props.get("MemorySize", 128)),
+        )
+        self.out.functions[lid] = FunctionSpec(
+            logical_id=lid,
+            name=name,
+            arn=self.out.attributes[lid]["Arn"],
+            code_dir=code_dir,
+            handler=props["Handler"],
+            timeout=int(props.get("Timeout", 3)),
+            memory=int(props.get("MemorySize", 128)),
+            environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
+        )
+
+    def _state_machine(self, lid: str, props: dict) -> None:
+        definition = self.resolve(props["DefinitionString"])
+        substitutions = self.resolve(props.get("DefinitionSubstitutions", {}))
+        for key, value in substitutions.items():
+            definition = definition.replace("${" + key + "}", str(value))
+        left = re.findall(r"\$\{(\w+)\}", definition)
+        if left:
+            raise TemplateError(f"{lid}: no substitution for {', '.join(sorted(set(left)))}")
+        self.session.client("stepfunctions").create_state_machine(
+            name=self.out.attributes[lid]["Name"],
+            definition=definition,
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/{self.stack_name}-lambda",
+            type=props.get("StateMachineType", "STANDARD"),
+        )
+
+    def _rest_api(self, lid: str, props: dict) -> None:
+        body = props["Body"]
+        routes = []
+        for path, methods in body.get("paths", {}).items():
+            for method, spec in methods.items():
+                uri = json.dumps(spec.get("x-amazon-apigateway-integration", {}).get("uri", ""))
+                target = re.search(r"\$\{(\w+)\.Arn\}", uri)
+                if not target:
+                    raise TemplateError(f"{lid}: {method.upper()} {path} has no Lambda integration")
+                required = any("api_key" in s for s in spec.get("security", []))
+                routes.append(Route(method.upper(), path, target.group(1), required))
+        stage = next(
+            (
+                r["Properties"]["StageName"]
+                for r in self.resources.values()
+                if r["Type"] == "AWS::ApiGateway::Stage" and r["Properties"].get("RestApiId") == {"Ref": lid}
+            ),
+            "prod",
+        )
+        self.out.apis[lid] = ApiSpec(lid, stage, routes)
+
+    def _usage_plan(self, lid: str, props: dict) -> None:
+        props = self.resolve({k: v for k, v in props.items() if k != "ApiStages"})
+        throttle = props.get("Throttle", {})
+        for api in self.out.apis.values():
+            api.rate_limit = float(throttle["RateLimit"]) if "RateLimit" in throttle else None
+            api.burst_limit = int(throttle["BurstLimit"]) if "BurstLimit" in throttle else None
+
+    def _event_source_mapping(self, lid: str, props: dict) -> None:
+        # Not created in moto: its SQS mapping runs inside SendMessage. The local runtime polls instead.
+        self.out.event_source_mappings.append({"LogicalId": lid, **self.resolve(props)})

@@ -1,0 +1,118 @@
+"""`make demo`: a video job and a deferred chat job, start to finish, on the local stack.
+
+Everything goes through the stack's HTTP API exactly as a user's client would; the SNS messages are
+read from the local inbox queue subscribed to the topic.
+"""
+
+import json
+import os
+import sys
+import time
+
+import httpx
+
+from .stack import LocalStack
+from .xai_simulator import SimulatorConfig
+
+TERMINAL = {"completed", "failed", "cancelled", "timed_out"}
+DEADLINE_SECONDS = 180
+
+
+def main() -> int:
+    print("Starting the local stack (AWS emulator, functions, API, xAI simulator)...", flush=True)
+    stack = LocalStack(
+        api_port=int(os.environ.get("XJOBS_API_PORT", 0)),
+        aws_port=int(os.environ.get("XJOBS_AWS_PORT", 0)),
+        xai_port=int(os.environ.get("XJOBS_XAI_PORT", 0)),
+        simulator=SimulatorConfig(api_key="sim-demo", video_duration_median=8, deferred_chat_duration=3),
+    ).start()
+    try:
+        return run(stack)
+    finally:
+        stack.stop()
+
+
+def run(stack: LocalStack) -> int:
+    api = httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=30)
+    print(
+        f"API {stack.api_url}  |  AWS emulator {stack.aws_endpoint}  |  xAI {stack.info()['xai_base_url']}\n"
+    )
+
+    video = api.post(
+        "/v1/videos/generations",
+        json={"prompt": "A red fox running through fresh snow at dawn", "duration": 6, "resolution": "720p"},
+        headers={"Idempotency-Key": "demo-video-1"},
+    )
+    chat = api.post(
+        "/v1/chat/completions",
+        json={
+            "model": "grok-4",
+            "deferred": True,
+            "messages": [{"role": "user", "content": "Name three uses of a deferred completion."}],
+        },
+    )
+    for reply in (video, chat):
+        if reply.status_code != 202:
+            print(f"submit failed: {reply.status_code} {reply.text}")
+            return 1
+    jobs = {video.json()["id"]: "video", chat.json()["id"]: "chat"}
+    for job_id, label in jobs.items():
+        print(f"submitted {label:5} job {job_id}")
+    print()
+
+    final: dict[str, dict] = {}
+    started = time.time()
+    while len(final) < len(jobs) and time.time() - started < DEADLINE_SECONDS:
+        line = []
+        for job_id, label in jobs.items():
+            job = final.get(job_id) or api.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in TERMINAL:
+                final[job_id] = job
+            progress = f" {job['progress']}%" if job.get("progress") is not None else ""
+            line.append(f"{label}: {job['status']}{progress} ({job['attempts']} polls)")
+        print(f"  t={time.time() - started:5.1f}s  " + "   ".join(line), flush=True)
+        time.sleep(1)
+
+    print()
+    ok = True
+    for job_id, label in jobs.items():
+        job = final.get(job_id)
+        if job is None:
+            print(f"{label} job {job_id} did not finish in {DEADLINE_SECONDS} s")
+            ok = False
+            continue
+        print(f"{label} job {job_id}: {job['status']}")
+        if job["status"] != "completed":
+            print(f"  error: {job['error']}")
+            ok = False
+        elif label == "video":
+            url = job["data"][0]["url"]
+            size = len(httpx.get(url).content)
+            print(f"  video ({size} bytes, copied to S3): {url[:100]}...")
+        else:
+            print(f"  reply: {job['result']['choices'][0]['message']['content']!r}")
+
+    print("\nSNS messages received (local inbox queue subscribed to the topic):")
+    for message in read_inbox(stack, expected=len(jobs)):
+        attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+        body = json.loads(message["Body"])
+        print(f"  {attributes}  job={body['job']['id']}")
+    return 0 if ok else 1
+
+
+def read_inbox(stack: LocalStack, expected: int, wait_seconds: float = 10) -> list[dict]:
+    sqs = stack.client("sqs")
+    messages: list[dict] = []
+    deadline = time.time() + wait_seconds
+    while len(messages) < expected and time.time() < deadline:
+        reply = sqs.receive_message(
+            QueueUrl=stack.inbox_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
+        )
+        for message in reply.get("Messages", []):
+            messages.append(message)
+            sqs.delete_message(QueueUrl=stack.inbox_url, ReceiptHandle=message["ReceiptHandle"])
+    return messages
+
+
+if __name__ == "__main__":
+    sys.exit(main())
