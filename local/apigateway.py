@@ -90,7 +90,8 @@ class ApiGateway:
 
     def _key_id(self, value: str) -> str | None:
         with self._lock:
-            if value not in self._keys and time.monotonic() - self._keys_read > KEY_CACHE_SECONDS:
+            # A key unknown here may have just been created in the emulator: look again.
+            if value not in self._keys or time.monotonic() - self._keys_read > KEY_CACHE_SECONDS:
                 items = self.client.get_api_keys(includeValues=True, limit=500)["items"]
                 self._keys = {k["value"]: k["id"] for k in items if k.get("enabled", True)}
                 self._keys_read = time.monotonic()

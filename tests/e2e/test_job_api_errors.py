@@ -1,0 +1,99 @@
+"""Bad input gets a clear error naming what is wrong; tenants see only their own jobs."""
+
+import httpx
+import pytest
+
+from .helpers import wait_for_status
+
+VIDEO = {"prompt": "a paper boat on a river"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "names"),
+    [
+        ("/v1/videos/generations", "{not json", "not valid JSON"),
+        ("/v1/videos/generations", "[1, 2]", "JSON object"),
+        ("/v1/videos/generations", "", "empty"),
+        ("/v1/videos/generations", '{"duration": 5}', "'prompt'"),
+        ("/v1/videos/generations", '{"prompt": "x", "colour": "red"}', "'colour': unknown field"),
+        ("/v1/videos/generations", '{"prompt": "' + "x" * 5000 + '"}', "'prompt'"),
+        ("/v1/videos/generations", '{"prompt": "x", "duration": "long"}', "'duration'"),
+        ("/v1/videos/generations", '{"prompt": "x", "duration": 99}', "'duration'"),
+        ("/v1/videos/generations", '{"prompt": "x", "resolution": "4k"}', "'resolution'"),
+        ("/v1/videos/generations", '{"prompt": "x", "timeout_seconds": 100000}', "'timeout_seconds'"),
+        ("/v1/videos/generations", '{"prompt": "x", "webhook_url": "ftp://h/x"}', "'webhook_url'"),
+        ("/v1/videos/edits", '{"prompt": "x"}', "'video'"),
+        (
+            "/v1/chat/completions",
+            '{"model": "grok-4", "messages": [{"role": "user", "content": "hi"}]}',
+            "'deferred'",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"model": "grok-4", "deferred": false, "messages": [{"role": "user", "content": "hi"}]}',
+            "'deferred'",
+        ),
+        ("/v1/chat/completions", '{"model": "grok-4", "deferred": true, "messages": []}', "'messages'"),
+    ],
+)
+def test_bad_body_is_a_400_naming_the_problem(api, path, body, names):
+    reply = api.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert names in reply.json()["error"]["message"]
+
+
+def test_bad_body_creates_no_job(new_tenant):
+    client = new_tenant()
+    client.post("/v1/videos/generations", json={"duration": 5})
+    assert client.get("/v1/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-api-key": "not-a-key"}])
+def test_missing_or_wrong_api_key_is_403(stack, headers):
+    for method, path in [("POST", "/v1/videos/generations"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/job_x")]:
+        reply = httpx.request(method, stack.api_url + path, headers=headers, json=VIDEO)
+        assert reply.status_code == 403, (method, path)
+
+
+def test_unknown_job_is_404(api):
+    for reply in (api.get("/v1/jobs/job_01UNKNOWN"), api.post("/v1/jobs/job_01UNKNOWN/cancel")):
+        assert reply.status_code == 404
+        assert "job_01UNKNOWN" in reply.json()["error"]["message"]
+
+
+def test_another_tenants_job_is_404(api, new_tenant):
+    job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+    other = new_tenant()
+    assert other.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert other.get(f"/v1/videos/{job_id}").status_code == 404
+    assert other.post(f"/v1/jobs/{job_id}/cancel").status_code == 404
+    assert job_id not in [j["id"] for j in other.get("/v1/jobs").json()["data"]]
+    assert api.get(f"/v1/jobs/{job_id}").status_code == 200  # untouched by the other tenant's cancel
+    assert wait_for_status(api, job_id)["status"] == "completed"
+
+
+def test_list_is_newest_first_paginated_and_filtered(new_tenant):
+    client = new_tenant()
+    ids = [client.post("/v1/videos/generations", json=VIDEO).json()["id"] for _ in range(3)]
+    first = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in first["data"]] == [ids[2], ids[1]]
+    assert first["has_more"] is True and first["last_id"] == ids[1]
+    second = client.get("/v1/jobs", params={"limit": 2, "after": first["last_id"]}).json()
+    assert [j["id"] for j in second["data"]] == [ids[0]]
+    assert second["has_more"] is False
+    for job_id in ids:
+        wait_for_status(client, job_id)
+    client.post("/v1/jobs/" + ids[0] + "/cancel")  # already completed: stays completed
+    completed = client.get("/v1/jobs", params={"status": "completed"}).json()["data"]
+    assert sorted(j["id"] for j in completed) == sorted(ids)
+    assert client.get("/v1/jobs", params={"status": "failed"}).json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [({"limit": "0"}, "'limit'"), ({"limit": "x"}, "'limit'"), ({"status": "done"}, "'status'")],
+)
+def test_bad_list_parameters_are_400(api, params, names):
+    reply = api.get("/v1/jobs", params=params)
+    assert reply.status_code == 400
+    assert names in reply.json()["error"]["message"]
