@@ -17,9 +17,10 @@ from .xai import DEFERRED_CHAT, XaiError, XaiRateLimited, XaiRejected
 
 logger = Logger(child=True)
 
-# Each pass through Poll -> Finished? -> Wait writes 13 history events; retries add a few more.
-# Keeping an execution under this many polls keeps it far from the 25,000-event history limit.
-MAX_POLLS = 1000
+# Each pass through Poll -> Finished? -> Wait writes about 13 history events, and a Poll that
+# exhausts its Retry adds 18 more: 700 polls stay under the 25,000-event limit even then
+# (tests/e2e/test_history_limit.py measures it). Long deadlines spread their polls to fit.
+MAX_POLLS = 700
 WAIT_GROWTH = 1.5
 NOTIFIED_FLAG = "notified_at"
 WEBHOOK_FLAG = "webhook_delivered_at"
