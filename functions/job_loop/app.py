@@ -1,6 +1,7 @@
 """The tasks of the deferred-job state machine (statemachine/deferred_job.asl.json)."""
 
 from aws_lambda_powertools import Logger
+
 from xjobs import loop
 
 logger = Logger()
