@@ -943,6 +943,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, keep-alive clients wait ~40 ms per reply.
+    disable_nagle_algorithm = True
     server: _Server
 
     def _serve(self) -> None:

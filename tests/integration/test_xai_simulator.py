@@ -27,16 +27,14 @@ def start_simulator() -> Iterator[Callable[..., XaiSimulator]]:
     started: list[XaiSimulator] = []
 
     def start(**fields) -> XaiSimulator:
-        config = SimulatorConfig(
-            api_key=API_KEY,
-            video_duration_median=0.3,
-            video_duration_sigma=0.0,
-            deferred_chat_duration=0.3,
-            random_seed=7,
-        )
-        for name, value in fields.items():
-            setattr(config, name, value)
-        sim = XaiSimulator(config).start()
+        defaults = {
+            "api_key": API_KEY,
+            "video_duration_median": 0.3,
+            "video_duration_sigma": 0.0,
+            "deferred_chat_duration": 0.3,
+            "random_seed": 7,
+        }
+        sim = XaiSimulator(SimulatorConfig(**(defaults | fields))).start()
         started.append(sim)
         return sim
 
