@@ -107,6 +107,7 @@ class LocalStack:
                 api, self.runtime, self.client("apigateway"), "127.0.0.1", port
             ).start()
 
+        self.outputs["ApiUrl"] = self.api_url
         self.inbox_url = self._subscribe_inbox()
         if self.state_file:
             self.state_file.write_text(json.dumps(self.info(), indent=2) + "\n")
