@@ -52,7 +52,7 @@ class LocalStack:
         self.gateways: dict[str, ApiGateway] = {}
 
     def start(self) -> "LocalStack":
-        from moto.server import ThreadedMotoServer
+        from .aws_emulator import AwsEmulator
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         # Never let a local run reach a real AWS account, whatever the shell has configured.
@@ -71,7 +71,7 @@ class LocalStack:
             self.simulator = XaiSimulator(config, host="127.0.0.1", port=self.xai_port).start()
             xai_url, xai_key = self.simulator.base_url, config.api_key
 
-        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
+        self.moto = AwsEmulator(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
         self.moto.start()
         moto_port = self.moto.get_host_and_port()[1]
         os.environ["MOTO_PORT"] = str(moto_port)  # where moto's Step Functions interpreter calls Lambda

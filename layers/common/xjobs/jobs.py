@@ -35,7 +35,14 @@ class JobConflict(RuntimeError):
 
 
 def _allowed_sources(status: str) -> tuple[str, ...]:
-    return (PENDING,) if status == PROCESSING else ACTIVE
+    """The statuses a job may move to ``status`` from: forward only, never out of a terminal one."""
+    if status == PROCESSING:
+        return (PENDING,)
+    if status in TERMINAL:
+        return ACTIVE
+    if status == PENDING:
+        return ()  # where every job starts; nothing moves back to it
+    raise ValueError(f"a job cannot move to {status!r}")
 
 
 def _plain(value: Any) -> Any:
@@ -107,6 +114,8 @@ class JobStore:
             values[f":f{index}"] = value
             assignments.append(f"#f{index} = :f{index}")
         sources = _allowed_sources(status)
+        if not sources:
+            return None
         for index, source in enumerate(sources):
             values[f":from{index}"] = source
         condition = "#status IN (" + ", ".join(f":from{i}" for i in range(len(sources))) + ")"

@@ -203,7 +203,9 @@ def finish(job_id: str, error: dict | None) -> dict:
 def describe_step_error(error: dict) -> dict:
     """Turn a Step Functions error (Error, Cause) into the job's error, without stack traces."""
     code = str(error.get("Error") or "internal_error")
-    cause = error.get("Cause") or ""
-    with contextlib.suppress(ValueError, AttributeError):
-        cause = json.loads(cause).get("errorMessage", cause)
-    return {"code": code, "message": str(cause)[:1000] or "the job's loop failed"}
+    cause = str(error.get("Cause") or "")
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(cause)
+        # A Lambda error's Cause is JSON with a stack trace: keep only its message.
+        cause = str(parsed.get("errorMessage") or "") if isinstance(parsed, dict) else cause
+    return {"code": code, "message": cause[:1000] or "the job's loop failed"}

@@ -45,16 +45,21 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
         age = abs(time.time() - int(timestamp))
     except ValueError:
         return False
-    return age <= tolerance_seconds and hmac.compare_digest(sign(secret, timestamp, body), signature)
+    expected = sign(secret, timestamp, body).encode()
+    return age <= tolerance_seconds and hmac.compare_digest(expected, signature.encode())
 
 
 def check_webhook_url(url: str, *, allow_http: bool) -> str | None:
     """None if the URL may receive webhooks, else what is wrong with it."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "is not a valid URL"
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme not in schemes:
         return f"must be an {' or '.join(schemes)} URL"
-    if not parts.hostname:
+    if not host:
         return "has no host"
     if parts.username or parts.password:
         return "must not carry credentials"

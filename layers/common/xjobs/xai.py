@@ -6,6 +6,7 @@ one normalised :class:`UpstreamStatus`. A 429 is never slept through here: it ra
 :class:`XaiRateLimited` with the wait the server asked for, and the caller decides where to wait.
 """
 
+import contextlib
 import email.utils
 import math
 import random
@@ -266,12 +267,10 @@ def _rejection(response: httpx.Response) -> tuple[str, str | None]:
 def _retry_after(response: httpx.Response) -> float:
     header = response.headers.get("retry-after")
     if header:
-        try:
+        with contextlib.suppress(ValueError):
             return max(0.0, float(header))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(header)
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
+        with contextlib.suppress(TypeError, ValueError):
+            return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
     limits = RateLimitInfo.from_headers(response.headers)
     waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w]
     return max(waits) if waits else 1.0
