@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 import boto3
@@ -152,7 +151,7 @@ class LocalStack:
             "topics": self.resources.of_type("AWS::SNS::Topic"),
             "queues": self.resources.of_type("AWS::SQS::Queue"),
             "state_machines": self.resources.of_type("AWS::StepFunctions::StateMachine"),
-            "functions": {lid: asdict(spec)["name"] for lid, spec in self.resources.functions.items()},
+            "functions": {lid: spec.name for lid, spec in self.resources.functions.items()},
         }
 
     def stop(self) -> None:

@@ -106,6 +106,9 @@ class JobStore:
 
     def advance(self, job_id: str, status: str, **fields: Any) -> dict | None:
         """Move the job to ``status`` if it may get there from where it is; None if it may not."""
+        sources = _allowed_sources(status)
+        if not sources:
+            return None
         names = {"#status": "status"}
         values: dict[str, Any] = {":status": status, ":updated": int(time.time())}
         assignments = ["#status = :status", "updated = :updated"]
@@ -113,26 +116,18 @@ class JobStore:
             names[f"#f{index}"] = name
             values[f":f{index}"] = value
             assignments.append(f"#f{index} = :f{index}")
-        sources = _allowed_sources(status)
-        if not sources:
-            return None
         for index, source in enumerate(sources):
             values[f":from{index}"] = source
         condition = "#status IN (" + ", ".join(f":from{i}" for i in range(len(sources))) + ")"
-        try:
-            reply = self.table.update_item(
-                Key={"id": job_id},
-                UpdateExpression="SET " + ", ".join(assignments),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _conditional_failure(exc):
-                return None
-            raise
-        return _plain(reply["Attributes"])
+        reply = self._update_if(
+            Key={"id": job_id},
+            UpdateExpression="SET " + ", ".join(assignments),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+        )
+        return _plain(reply["Attributes"]) if reply else None
 
     def record_poll(self, job_id: str, progress: int | None) -> None:
         """Count a status poll (and keep xAI's progress) while the job is still active."""
@@ -146,33 +141,24 @@ class JobStore:
         if progress is not None:
             update = "SET updated = :updated, progress = :progress ADD attempts :one"
             values[":progress"] = progress
-        try:
-            self.table.update_item(
-                Key={"id": job_id},
-                UpdateExpression=update,
-                ConditionExpression="#status IN (:pending, :proc)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if not _conditional_failure(exc):
-                raise
+        self._update_if(
+            Key={"id": job_id},
+            UpdateExpression=update,
+            ConditionExpression="#status IN (:pending, :proc)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=values,
+        )
 
     def park(self, job_id: str, token: str) -> bool:
         """Store the token that wakes the job's loop; False if the job is no longer active."""
-        try:
-            self.table.update_item(
-                Key={"id": job_id},
-                UpdateExpression="SET wake_token = :token",
-                ConditionExpression="#status IN (:pending, :proc)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":token": token, ":pending": PENDING, ":proc": PROCESSING},
-            )
-        except ClientError as exc:
-            if _conditional_failure(exc):
-                return False
-            raise
-        return True
+        stored = self._update_if(
+            Key={"id": job_id},
+            UpdateExpression="SET wake_token = :token",
+            ConditionExpression="#status IN (:pending, :proc)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":token": token, ":pending": PENDING, ":proc": PROCESSING},
+        )
+        return stored is not None
 
     def cancel(self, job_id: str, tenant: str) -> dict:
         """Cancel an active job of the tenant; raises JobNotFound or JobConflict."""
@@ -203,19 +189,23 @@ class JobStore:
 
     def claim(self, job_id: str, flag: str) -> bool:
         """Set ``flag`` once; True for the one caller that set it. Guards one-time side effects."""
+        claimed = self._update_if(
+            Key={"id": job_id},
+            UpdateExpression="SET #flag = :now",
+            ConditionExpression="attribute_not_exists(#flag)",
+            ExpressionAttributeNames={"#flag": flag},
+            ExpressionAttributeValues={":now": int(time.time())},
+        )
+        return claimed is not None
+
+    def _update_if(self, **request: Any) -> dict | None:
+        """update_item that answers None, instead of raising, when its condition does not hold."""
         try:
-            self.table.update_item(
-                Key={"id": job_id},
-                UpdateExpression="SET #flag = :now",
-                ConditionExpression="attribute_not_exists(#flag)",
-                ExpressionAttributeNames={"#flag": flag},
-                ExpressionAttributeValues={":now": int(time.time())},
-            )
+            return self.table.update_item(**request)
         except ClientError as exc:
             if _conditional_failure(exc):
-                return False
+                return None
             raise
-        return True
 
     def release(self, job_id: str, flag: str) -> None:
         self.table.update_item(
