@@ -11,6 +11,7 @@ emulator call the real handlers.
 import importlib.util
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -55,6 +56,33 @@ class InvocationStats:
     billed_ms: float = 0.0
 
 
+class _Environment:
+    """One execution environment: a thread that lives across invocations, so what a handler caches
+    per container (clients, tables, secrets) is reused as in Lambda."""
+
+    def __init__(self, name: str):
+        self._requests: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, name=f"lambda-{name}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            handler, event, context, crash, outcome, done = self._requests.get()
+            try:
+                if crash:
+                    raise RuntimeError(crash)
+                outcome["result"] = handler(event, context)
+            except Exception as exc:  # reported to the caller the way Lambda reports it
+                outcome["error"] = exc
+            done.set()
+
+    def run(self, handler, event, context, crash: str | None, timeout: float) -> dict | None:
+        """The invocation's outcome ({"result"} or {"error"}), or None if it outlived the timeout."""
+        outcome: dict = {}
+        done = threading.Event()
+        self._requests.put((handler, event, context, crash, outcome, done))
+        return outcome if done.wait(timeout) else None
+
+
 class LambdaRuntime:
     def __init__(self, functions: dict[str, FunctionSpec]):
         self.functions = functions
@@ -62,7 +90,8 @@ class LambdaRuntime:
         self.stats: dict[str, InvocationStats] = {lid: InvocationStats() for lid in functions}
         self._lock = threading.Lock()
         self._modules: dict[Path, object] = {}
-        self._environments = {lid: threading.Lock() for lid in functions}
+        self._locks = {lid: threading.Lock() for lid in functions}
+        self._environments: dict[str, _Environment] = {}
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
 
     def install_environment(self, extra: dict[str, str]) -> None:
@@ -105,27 +134,20 @@ class LambdaRuntime:
             aws_request_id=str(uuid.uuid4()),
             deadline=started + spec.timeout,
         )
-        outcome: dict = {}
-
-        def run() -> None:
-            try:
-                crash = self.fail_next.get(spec.logical_id)
-                if crash:
-                    raise RuntimeError(crash.pop(0))
-                outcome["result"] = handler(event, context)
-            except Exception as exc:  # reported to the caller the way Lambda reports it
-                outcome["error"] = exc
-
-        with self._environments[spec.logical_id]:
-            worker = threading.Thread(target=run, name=f"lambda-{spec.logical_id}", daemon=True)
-            worker.start()
-            # Lambda would end a timed-out environment; a thread cannot be ended, so it is abandoned.
-            worker.join(spec.timeout)
+        with self._locks[spec.logical_id]:
+            environment = self._environments.get(spec.logical_id)
+            if environment is None:
+                environment = self._environments[spec.logical_id] = _Environment(spec.logical_id)
+            crash = self.fail_next.get(spec.logical_id)
+            outcome = environment.run(handler, event, context, crash.pop(0) if crash else None, spec.timeout)
+            if outcome is None:
+                # Lambda ends a timed-out environment; a thread cannot be ended, so it is abandoned.
+                self._environments.pop(spec.logical_id)
         stats = self.stats[spec.logical_id]
         with self._lock:
             stats.count += 1
             stats.billed_ms += (time.time() - started) * 1000
-        if worker.is_alive():
+        if outcome is None:
             stats.errors += 1
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
         if "error" in outcome:
