@@ -19,11 +19,12 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
 
-# The end-to-end suite runs in its own process: its local stack points the layer's cached AWS
+# Each end-to-end suite runs in its own process: its local stack points the layer's cached AWS
 # clients at its own emulator.
 test: lint
 	$(BIN)/python -m pytest -q tests/unit tests/integration
 	$(BIN)/python -m pytest -q tests/e2e
+	$(BIN)/python -m pytest -q tests/e2e_callbacks
 
 demo: install
 	$(BIN)/python -m local.demo

@@ -7,11 +7,13 @@ functions in this process, serves the API on loopback and, unless XAI_BASE_URL a
 real endpoint, the xAI simulator. Everything it started is described in .local-stack.json.
 """
 
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -25,6 +27,12 @@ from .xai_simulator import SimulatorConfig, XaiSimulator
 
 STATE_FILE = ROOT / ".local-stack.json"
 STACK_NAME = "xjobs-local"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _port(env: str, default: int) -> int:
@@ -42,11 +50,13 @@ class LocalStack:
         parameters: dict[str, str] | None = None,
         simulator: SimulatorConfig | None = None,
         state_file: Path | None = None,
+        upstream_callbacks: bool = False,
     ):
         self.api_port, self.aws_port, self.xai_port = api_port, aws_port, xai_port
         self.parameters = dict(parameters or {})
         self.simulator_config = simulator
         self.state_file = state_file
+        self.upstream_callbacks = upstream_callbacks
         self.simulator: XaiSimulator | None = None
         self.gateways: dict[str, ApiGateway] = {}
 
@@ -67,6 +77,7 @@ class LocalStack:
         xai_url, xai_key = os.environ.get("XAI_BASE_URL"), os.environ.get("XAI_API_KEY")
         if not (xai_url and xai_key):
             config = self.simulator_config or SimulatorConfig(api_key="sim-" + secrets.token_hex(8))
+            config = dataclasses.replace(config, callbacks=self.upstream_callbacks)
             self.simulator = XaiSimulator(config, host="127.0.0.1", port=self.xai_port).start()
             xai_url, xai_key = self.simulator.base_url, config.api_key
 
@@ -83,6 +94,10 @@ class LocalStack:
         self.session = boto3.session.Session(region_name=REGION)
 
         parameters = {"XaiBaseUrl": xai_url, "AllowHttpWebhooks": "true", "LogLevel": "WARNING"}
+        if self.upstream_callbacks:
+            # The callback URL goes into the template, so the API's port is chosen before it is served.
+            self.api_port = self.api_port or _free_port()
+            parameters["CallbackBaseUrl"] = f"http://127.0.0.1:{self.api_port}/prod"
         parameters.update(self.parameters)
         cfn, self.parameter_values = translate(parameters)
         provisioner = Provisioner(
@@ -172,6 +187,7 @@ def from_environment() -> LocalStack:
         xai_port=_port("XJOBS_XAI_PORT", 8787),
         parameters=json.loads(os.environ.get("XJOBS_PARAMETERS", "{}")),
         state_file=STATE_FILE,
+        upstream_callbacks=os.environ.get("XJOBS_UPSTREAM_CALLBACKS") == "1",
     )
 
 

@@ -11,8 +11,10 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from . import jobs
 from .loop import wake
 from .models import BadRequest, parse_job_request
+from .notify import check_callback_token
 from .settings import get_settings
 from .submission import submit_job
+from .upstream import secret
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
@@ -99,6 +101,19 @@ def cancel_job(job_id: str):
     wake(job.get("wake_token"))
     logger.info("job cancelled", extra={"job_id": job_id})
     return job_view(job)
+
+
+@router.post("/v1/callbacks/xai/<job_id>")
+def upstream_callback(job_id: str):
+    """The upstream says a job changed. Only a hint: the loop polls xAI for the truth at once."""
+    token = (router.current_event.query_string_parameters or {}).get("token", "")
+    settings = get_settings()
+    if not token or not check_callback_token(secret(settings.webhook_signing_secret), job_id, token):
+        raise jobs.JobNotFound(job_id)
+    job = _store().note_news(job_id)
+    if job:
+        wake(job.get("wake_token"))
+    return Response(202, "application/json", {"id": job_id, "accepted": True})
 
 
 def register_error_handlers(app: APIGatewayRestResolver) -> None:

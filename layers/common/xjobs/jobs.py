@@ -45,6 +45,10 @@ def _allowed_sources(status: str) -> tuple[str, ...]:
     raise ValueError(f"a job cannot move to {status!r}")
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _plain(value: Any) -> Any:
     """DynamoDB numbers come back as Decimal; give callers ints and floats."""
     if isinstance(value, Decimal):
@@ -134,12 +138,13 @@ class JobStore:
         values: dict[str, Any] = {
             ":one": 1,
             ":updated": int(time.time()),
+            ":polled": now_ms(),
             ":pending": PENDING,
             ":proc": PROCESSING,
         }
-        update = "SET updated = :updated ADD attempts :one"
+        update = "SET updated = :updated, polled_at = :polled ADD attempts :one"
         if progress is not None:
-            update = "SET updated = :updated, progress = :progress ADD attempts :one"
+            update = "SET updated = :updated, polled_at = :polled, progress = :progress ADD attempts :one"
             values[":progress"] = progress
         self._update_if(
             Key={"id": job_id},
@@ -150,15 +155,30 @@ class JobStore:
         )
 
     def park(self, job_id: str, token: str) -> bool:
-        """Store the token that wakes the job's loop; False if the job is no longer active."""
+        """Store the token that wakes the job's loop; False if the job is no longer active, or if news
+        (an upstream callback) came after the last poll: then the loop should poll, not wait."""
         stored = self._update_if(
             Key={"id": job_id},
             UpdateExpression="SET wake_token = :token",
-            ConditionExpression="#status IN (:pending, :proc)",
+            ConditionExpression=(
+                "#status IN (:pending, :proc) AND (attribute_not_exists(news_at) OR news_at < polled_at)"
+            ),
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={":token": token, ":pending": PENDING, ":proc": PROCESSING},
         )
         return stored is not None
+
+    def note_news(self, job_id: str) -> dict | None:
+        """Record that the upstream says the job changed; the job as it now is, or None if it has ended."""
+        reply = self._update_if(
+            Key={"id": job_id},
+            UpdateExpression="SET news_at = :now",
+            ConditionExpression="#status IN (:pending, :proc)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":now": now_ms(), ":pending": PENDING, ":proc": PROCESSING},
+            ReturnValues="ALL_NEW",
+        )
+        return _plain(reply["Attributes"]) if reply else None
 
     def cancel(self, job_id: str, tenant: str) -> dict:
         """Cancel an active job of the tenant; raises JobNotFound or JobConflict."""

@@ -10,6 +10,7 @@ from aws_lambda_powertools import Logger
 
 from . import aws, jobs, notify
 from .limiter import RateLimiter
+from .notify import callback_url
 from .settings import get_settings
 from .upstream import secret, xai_client
 from .views import job_view, result_key, video_key
@@ -29,7 +30,10 @@ WEBHOOK_FLAG = "webhook_delivered_at"
 def next_wait(polls: int, seconds_left: float, min_wait: int, max_wait: int) -> int:
     """Seconds until the next poll: short at first, growing to a cap, spread to fit the poll budget."""
     wait = min(max_wait, min_wait * WAIT_GROWTH ** max(0, polls - 1))
-    wait = max(wait, seconds_left / max(1, MAX_POLLS - polls))
+    polls_left = max(1, MAX_POLLS - polls)
+    if seconds_left > max_wait * polls_left / 2:
+        # Capped waits might not reach the deadline within the budget: spread what is left over it.
+        wait = max(wait, seconds_left / polls_left)
     wait = min(wait, seconds_left + 1)
     return max(1, math.ceil(wait))
 
@@ -42,12 +46,15 @@ def poll(job_id: str, polls: int) -> dict:
         raise jobs.JobNotFound(job_id)
     polls += 1
 
-    def result(finished: bool, wait: float = 0) -> dict:
+    def result(finished: bool, wait: float = 0, *, submitted: bool = False) -> dict:
         left = job["deadline"] - time.time()
         if not finished:
             wait = max(
                 wait, next_wait(polls, left, settings.poll_min_wait_seconds, settings.poll_max_wait_seconds)
             )
+            if settings.callback_base_url and submitted:
+                # The upstream's callback wakes the loop; this wait is only the fallback poll.
+                wait = max(wait, settings.callback_fallback_seconds)
             wait = min(math.ceil(wait), max(1, math.ceil(left + 1)))
         return {
             "job_id": job_id,
@@ -82,7 +89,7 @@ def poll(job_id: str, polls: int) -> dict:
         return result(True)
     if status.state == "pending":
         store.record_poll(job_id, status.progress)
-        return result(False)
+        return result(False, submitted=True)
     store.record_poll(job_id, None)
     if status.state == "done":
         stored = _store_result(job, status, client)
@@ -99,20 +106,25 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         ).try_acquire()
         if wait:
             return result(False, wait)
+    body = json.loads(job["request"])
+    if settings.callback_base_url:
+        body["callback_url"] = callback_url(
+            settings.callback_base_url, job["id"], secret(settings.webhook_signing_secret)
+        )
     try:
-        request_id = client.submit(job["kind"], json.loads(job["request"]))
+        request_id = client.submit(job["kind"], body)
     except XaiRateLimited as exc:
         return result(False, exc.retry_after)
     except XaiRejected as exc:
         store.advance(job["id"], jobs.FAILED, error={"code": exc.code, "message": exc.message})
         return result(True)
     logger.info("submitted to xAI", extra={"job_id": job["id"], "xai_request_id": request_id})
-    if store.advance(job["id"], jobs.PROCESSING, xai_request_id=request_id) is None:
+    if store.advance(job["id"], jobs.PROCESSING, xai_request_id=request_id, polled_at=jobs.now_ms()) is None:
         # Cancelled or timed out while the submit was in flight.
         job["xai_request_id"] = request_id
         _cancel_upstream(job)
         return result(True)
-    return result(False)
+    return result(False, submitted=True)
 
 
 def _store_result(job: dict, status, client) -> dict:
@@ -148,13 +160,12 @@ def _cancel_upstream(job: dict) -> None:
 def park(job_id: str, token: str) -> dict:
     store = jobs.JobStore(get_settings().jobs_table)
     if not store.park(job_id, token):
-        # The job ended while we were not waiting on a token: go straight back to Poll.
         raise JobNotActive(job_id)
     return {"job_id": job_id, "parked": True}
 
 
 class JobNotActive(RuntimeError):
-    pass
+    """The job ended, or has news, while its loop was not waiting: the loop goes back to Poll."""
 
 
 def wake(token: str | None) -> None:

@@ -49,6 +49,19 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
     return age <= tolerance_seconds and hmac.compare_digest(expected, signature.encode())
 
 
+def callback_token(secret: str, job_id: str) -> str:
+    """The token in a job's upstream callback URL: only whoever was given the URL can wake the job."""
+    return hmac.new(secret.encode(), b"callback." + job_id.encode(), hashlib.sha256).hexdigest()
+
+
+def callback_url(base_url: str, job_id: str, secret: str) -> str:
+    return f"{base_url.rstrip('/')}/v1/callbacks/xai/{job_id}?token={callback_token(secret, job_id)}"
+
+
+def check_callback_token(secret: str, job_id: str, token: str) -> bool:
+    return hmac.compare_digest(callback_token(secret, job_id).encode(), token.encode())
+
+
 def check_webhook_url(url: str, *, allow_http: bool) -> str | None:
     """None if the URL may receive webhooks, else what is wrong with it."""
     try:

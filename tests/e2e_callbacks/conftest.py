@@ -1,0 +1,19 @@
+"""The end-to-end fixtures, on a stack whose upstream calls back when a job finishes."""
+
+import pytest
+
+from local.stack import LocalStack
+from tests.e2e.conftest import PARAMETERS, SIMULATOR, api, inbox, sim  # noqa: F401  (fixtures)
+
+FALLBACK_SECONDS = 30
+
+
+@pytest.fixture(scope="session")
+def stack():
+    local = LocalStack(
+        parameters={**PARAMETERS, "CallbackFallbackSeconds": str(FALLBACK_SECONDS)},
+        simulator=SIMULATOR,
+        upstream_callbacks=True,
+    ).start()
+    yield local
+    local.stop()
