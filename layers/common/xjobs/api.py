@@ -3,17 +3,13 @@
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import Router
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-    IdempotencyValidationError,
-)
 
 from . import jobs
 from .loop import wake
 from .models import BadRequest, parse_job_request
 from .notify import check_callback_token
 from .settings import get_settings
-from .submission import submit_job
+from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
 from .upstream import secret
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
@@ -133,12 +129,12 @@ def register_error_handlers(app: APIGatewayRestResolver) -> None:
     def conflict(exc: jobs.JobConflict):
         return _error(409, "conflict", str(exc))
 
-    @app.exception_handler(IdempotencyValidationError)
-    def key_reused(exc: IdempotencyValidationError):
+    @app.exception_handler(IdempotencyKeyReused)
+    def key_reused(exc: IdempotencyKeyReused):
         return _error(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request")
 
-    @app.exception_handler(IdempotencyAlreadyInProgressError)
-    def in_progress(exc: IdempotencyAlreadyInProgressError):
+    @app.exception_handler(RequestInProgress)
+    def in_progress(exc: RequestInProgress):
         return _error(409, "request_in_progress", "a request with this Idempotency-Key is still in progress")
 
     @app.not_found

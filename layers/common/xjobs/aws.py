@@ -1,30 +1,40 @@
-"""AWS clients: created once per container, on first use, with explicit timeouts and retries."""
+"""AWS clients: created once per container, on first use, with explicit timeouts and retries.
+
+boto3 (with botocore's config machinery, ~300 ms) is imported on first use rather than at module
+import, so handlers that import this module do not pay for it during their cold start's import.
+"""
 
 import threading
 from functools import cache
 
-import boto3
-from botocore.config import Config
 
-_CONFIG = Config(
-    connect_timeout=3,
-    read_timeout=10,
-    retries={"mode": "standard", "max_attempts": 4},
-    max_pool_connections=50,
-)
+@cache
+def _config():
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=3,
+        read_timeout=10,
+        retries={"mode": "standard", "max_attempts": 4},
+        max_pool_connections=50,
+    )
 
 
 @cache
 def client(service: str):
-    return boto3.session.Session().client(service, config=_CONFIG)
+    import boto3
+
+    return boto3.session.Session().client(service, config=_config())
 
 
 _local = threading.local()
 
 
 def table(name: str):
+    import boto3
+
     # boto3 resources are not thread-safe: one per thread (a Lambda environment has one thread).
     tables = _local.__dict__.setdefault("tables", {})
     if name not in tables:
-        tables[name] = boto3.session.Session().resource("dynamodb", config=_CONFIG).Table(name)
+        tables[name] = boto3.session.Session().resource("dynamodb", config=_config()).Table(name)
     return tables[name]

@@ -8,7 +8,6 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from . import aws
@@ -69,6 +68,8 @@ class JobStore:
         self.table = aws.table(table_name)
 
     def create(self, job: dict) -> None:
+        from boto3.dynamodb.conditions import Attr  # boto3 is imported on first use (see aws.py)
+
         self.table.put_item(Item=job, ConditionExpression=Attr("id").not_exists())
 
     def delete(self, job_id: str) -> None:
@@ -88,6 +89,8 @@ class JobStore:
         self, tenant: str, *, status: str | None, limit: int, after: str | None
     ) -> tuple[list[dict], bool]:
         """The tenant's jobs, newest first; ``after`` is the id of the last job of the previous page."""
+        from boto3.dynamodb.conditions import Attr, Key  # boto3 is imported on first use (see aws.py)
+
         condition = Key("tenant").eq(tenant)
         if after:
             condition = condition & Key("id").lt(after)

@@ -10,8 +10,6 @@ import json
 import time
 from urllib.parse import urlsplit
 
-import httpx
-
 from . import aws
 
 SIGNATURE_HEADER = "X-Xjobs-Signature"
@@ -80,6 +78,8 @@ def check_webhook_url(url: str, *, allow_http: bool) -> str | None:
 
 
 def deliver_webhook(url: str, message: dict, *, event: str, secret: str) -> None:
+    import httpx  # only here: most imports of this module (the API, Poll, Park) send no webhook
+
     body = json.dumps(message, separators=(",", ":")).encode()
     timestamp = str(int(time.time()))
     headers = {

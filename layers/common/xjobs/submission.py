@@ -3,17 +3,14 @@
 The call to xAI happens in the job's first Poll step, not here: accepting stays fast, a video burst
 queues behind the account's rate limit without holding API calls open, and an xAI outage delays
 accepted jobs instead of losing them.
+
+Powertools' idempotency machinery (which imports boto3) is imported only when a request carries an
+Idempotency-Key, so the API's cold start does not pay for it; its errors become this module's own.
 """
 
 import json
 import time
 from functools import cache
-
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
 
 from . import aws, jobs
 from .ids import new_id
@@ -23,6 +20,14 @@ from .settings import get_settings
 from .views import job_view
 
 IDEMPOTENCY_SECONDS = 24 * 3600
+
+
+class IdempotencyKeyReused(ValueError):
+    """The Idempotency-Key was first used with a different request."""
+
+
+class RequestInProgress(RuntimeError):
+    """The first request with this Idempotency-Key has not finished yet."""
 
 
 def submit_job(tenant: str, kind: str, request, idempotency_key: str | None, lambda_context=None) -> dict:
@@ -43,10 +48,20 @@ def submit_job(tenant: str, kind: str, request, idempotency_key: str | None, lam
     }
     if not idempotency_key:
         return _create_job(submission=submission)
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError,
+    )
+
     create, config = _idempotent_create_job()
     if lambda_context is not None:
         config.register_lambda_context(lambda_context)
-    return create(submission={**submission, "idempotency_key": idempotency_key})
+    try:
+        return create(submission={**submission, "idempotency_key": idempotency_key})
+    except IdempotencyValidationError:
+        raise IdempotencyKeyReused(idempotency_key) from None
+    except IdempotencyAlreadyInProgressError:
+        raise RequestInProgress(idempotency_key) from None
 
 
 def _create_job(*, submission: dict) -> dict:
@@ -84,6 +99,12 @@ def _create_job(*, submission: dict) -> dict:
 
 @cache
 def _idempotent_create_job():
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
     settings = get_settings()
     persistence = DynamoDBPersistenceLayer(
         table_name=settings.idempotency_table, boto3_client=aws.client("dynamodb")

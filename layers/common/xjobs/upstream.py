@@ -2,8 +2,6 @@
 
 from functools import cache
 
-from aws_lambda_powertools.utilities import parameters
-
 from .settings import get_settings
 from .xai import XaiClient
 
@@ -11,6 +9,8 @@ SECRET_MAX_AGE_SECONDS = 300
 
 
 def secret(name: str) -> str:
+    from aws_lambda_powertools.utilities import parameters  # imports boto3: only when a secret is read
+
     return parameters.get_secret(name, max_age=SECRET_MAX_AGE_SECONDS)
 
 

@@ -4,6 +4,9 @@ Accepts both the real xAI shapes and the seed documents' shapes (``request_id``/
 ``done``/``completed``, ``video.url``/``data[0].url``, ``pending``/``processing``) and reports
 one normalised :class:`UpstreamStatus`. A 429 is never slept through here: it raises
 :class:`XaiRateLimited` with the wait the server asked for, and the caller decides where to wait.
+
+httpx is imported where requests are made, not at module import: the API imports this module only
+for its constants, and a cold start should not pay for an HTTP client it does not use.
 """
 
 import contextlib
@@ -13,9 +16,10 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 VIDEO_GENERATION = "video.generation"
 VIDEO_EDIT = "video.edit"
@@ -67,7 +71,7 @@ class RateLimitInfo:
     reset_tokens: float | None = None
 
     @classmethod
-    def from_headers(cls, headers: httpx.Headers) -> "RateLimitInfo":
+    def from_headers(cls, headers: "httpx.Headers") -> "RateLimitInfo":
         return cls(
             limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
             remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
@@ -106,6 +110,8 @@ class XaiClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
     ):
+        import httpx
+
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -148,6 +154,8 @@ class XaiClient:
 
     def download(self, url: str, sink) -> int:
         """Stream a media URL into a binary file object; returns the bytes written."""
+        import httpx
+
         written = 0
         with httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r:
             if r.status_code != 200:
@@ -182,7 +190,9 @@ class XaiClient:
         json: Any = None,
         timeout: float | None = None,
         missing_ok: bool = False,
-    ) -> httpx.Response:
+    ) -> "httpx.Response":
+        import httpx  # for its exception classes (already loaded: __init__ imported it)
+
         last_problem = ""
         for attempt in range(self.max_attempts):
             if attempt:
@@ -250,7 +260,7 @@ def _error(body: dict) -> dict:
     return {"code": str(status), "message": f"xAI reported the request {status}"}
 
 
-def _rejection(response: httpx.Response) -> tuple[str, str | None]:
+def _rejection(response: "httpx.Response") -> tuple[str, str | None]:
     try:
         body = response.json()
     except ValueError:
@@ -264,7 +274,7 @@ def _rejection(response: httpx.Response) -> tuple[str, str | None]:
     return str(body)[:500], None
 
 
-def _retry_after(response: httpx.Response) -> float:
+def _retry_after(response: "httpx.Response") -> float:
     header = response.headers.get("retry-after")
     if header:
         with contextlib.suppress(ValueError):
