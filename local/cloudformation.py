@@ -4,7 +4,9 @@ The SAM template is translated by the real SAM translator (the same code `sam de
 CloudFormation), then each resource the local stack needs is created in moto through its AWS API,
 with the intrinsic functions (Ref, GetAtt, Sub, Join) resolved against the names given here.
 Resources that mean nothing locally (IAM roles, log groups, layers, API Gateway deployments) are
-skipped; the API itself is served by local/apigateway.py from the translated OpenAPI body.
+skipped; the API itself is served by local/apigateway.py from the translated OpenAPI body. Event source
+mappings are recorded, not created: local/event_sources.py polls their queues (moto's own mapping runs
+inside SendMessage, one message per invocation).
 """
 
 import io
@@ -41,24 +43,39 @@ class TemplateError(RuntimeError):
     pass
 
 
+def parameter_names(template: Path = TEMPLATE) -> set[str]:
+    """The parameters a template declares (the local stack sets only those it has)."""
+    return set(yaml_parse(template.read_text()).get("Parameters") or {})
+
+
+def _code_key(template: Path, uri: str) -> str:
+    """A CodeUri as the local runtime reads it: relative to the repository, as SAM reads it relative to
+    the template's folder."""
+    key = os.path.relpath(template.parent.resolve() / uri, ROOT)
+    return key + "/" if uri.endswith("/") else key
+
+
 def translate(
     parameter_overrides: dict[str, str] | None = None, template: Path = TEMPLATE
 ) -> tuple[dict, dict]:
     """SAM -> CloudFormation. Returns the CloudFormation template and the parameter values in force."""
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
     sam = yaml_parse(template.read_text())
-    for resource in sam["Resources"].values():
-        props = resource.get("Properties", {})
+    globals_function = sam.get("Globals", {}).get("Function", {})
+    for props in [
+        globals_function,
+        *(resource.get("Properties", {}) for resource in sam["Resources"].values()),
+    ]:
         # `sam build` would upload these folders; the local runtime reads them in place instead.
         for uri in ("CodeUri", "ContentUri"):
             if isinstance(props.get(uri), str):
-                props[uri] = {"Bucket": "local", "Key": props[uri]}
+                props[uri] = {"Bucket": "local", "Key": _code_key(template, props[uri])}
         if isinstance(props.get("DefinitionUri"), str):
             props["Definition"] = json.loads((template.parent / props.pop("DefinitionUri")).read_text())
     parameters = {name: str(spec.get("Default", "")) for name, spec in sam.get("Parameters", {}).items()}
     unknown = set(parameter_overrides or {}) - set(parameters)
     if unknown:
-        raise TemplateError(f"template.yaml has no parameter(s) {', '.join(sorted(unknown))}")
+        raise TemplateError(f"{template.name} has no parameter(s) {', '.join(sorted(unknown))}")
     parameters.update({k: str(v) for k, v in (parameter_overrides or {}).items()})
     cfn = Translator(managed_policy_map={}, sam_parser=Parser()).translate(
         sam, parameter_values=dict(parameters)
@@ -76,6 +93,7 @@ class FunctionSpec:
     timeout: int
     memory: int
     environment: dict[str, str]
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions: the most environments at once
 
 
 @dataclass
@@ -105,8 +123,8 @@ class Provisioned:
     apis: dict[str, ApiSpec] = field(default_factory=dict)
     api_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # logical id -> {id, value}
     types: dict[str, str] = field(default_factory=dict)
-    event_source_mappings: list[dict[str, Any]] = field(default_factory=list)
-    bucket_notifications: dict[str, dict] = field(default_factory=dict)
+    event_source_mappings: list[dict[str, Any]] = field(default_factory=list)  # resolved properties
+    bucket_notifications: dict[str, dict] = field(default_factory=dict)  # bucket -> NotificationConfiguration
 
     def of_type(self, cfn_type: str) -> dict[str, str]:
         return {lid: self.physical[lid] for lid, t in self.types.items() if t == cfn_type}
@@ -135,23 +153,26 @@ class Provisioner:
             kind = res["Type"]
             self.out.types[lid] = kind
             arn = f"arn:aws:{{}}:{REGION}:{ACCOUNT}:{{}}"
+            given = self._given_name(res)
             if kind == "AWS::DynamoDB::Table":
-                name = self._name(lid)
+                name = given or self._name(lid)
                 self._set(lid, name, Arn=arn.format("dynamodb", f"table/{name}"))
             elif kind == "AWS::S3::Bucket":
-                name = self._name(lid, lower=True, max_len=63)
+                name = given or self._name(lid, lower=True, max_len=63)
                 self._set(lid, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com")
             elif kind == "AWS::SNS::Topic":
-                name = self._name(lid)
+                name = given or self._name(lid)
                 self._set(lid, arn.format("sns", name), TopicName=name, TopicArn=arn.format("sns", name))
             elif kind == "AWS::SQS::Queue":
-                name = self._name(lid, max_len=80)
+                name = given or self._name(lid, max_len=75)
+                if str(res.get("Properties", {}).get("FifoQueue", "")).lower() == "true" and not given:
+                    name += ".fifo"
                 self._set(lid, "", Arn=arn.format("sqs", name), QueueName=name)
             elif kind == "AWS::Lambda::Function":
-                name = self._name(lid)
+                name = given or self._name(lid)
                 self._set(lid, name, Arn=arn.format("lambda", f"function:{name}"))
             elif kind == "AWS::StepFunctions::StateMachine":
-                name = self._name(lid, max_len=80)
+                name = given or self._name(lid, max_len=80)
                 self._set(lid, arn.format("states", f"stateMachine:{name}"), Name=name)
             elif kind == "AWS::IAM::Role":
                 name = self._name(lid)
@@ -161,6 +182,22 @@ class Provisioner:
                 self._set(lid, name, Arn=arn.format("logs", f"log-group:{name}:*"))
             else:
                 self._set(lid, f"{self._name(lid)}")
+
+    NAME_PROPERTIES = (
+        "TableName",
+        "BucketName",
+        "TopicName",
+        "QueueName",
+        "FunctionName",
+        "StateMachineName",
+    )
+
+    def _given_name(self, resource: dict) -> str | None:
+        """The name a template gives a resource (BucketName, QueueName, ...), used as it is, as
+        CloudFormation uses it; it may refer only to parameters and pseudo parameters."""
+        props = resource.get("Properties", {})
+        given = next((props[key] for key in self.NAME_PROPERTIES if key in props), None)
+        return None if given is None else str(self.resolve(given))
 
     def _set(self, lid: str, ref: str, **attributes: str) -> None:
         self.out.physical[lid] = ref
@@ -233,14 +270,19 @@ class Provisioner:
             ("AWS::SecretsManager::Secret", self._secret),
             ("AWS::ApiGateway::ApiKey", self._api_key),
             ("AWS::Lambda::Function", self._function),
+            ("AWS::S3::Bucket", self._bucket_notification),
             ("AWS::StepFunctions::StateMachine", self._state_machine),
             ("AWS::ApiGateway::RestApi", self._rest_api),
             ("AWS::ApiGateway::UsagePlan", self._usage_plan),
             ("AWS::Lambda::EventSourceMapping", self._event_source_mapping),
         ]
         handled = {kind for kind, _ in order}
+        # A queue with a dead-letter queue is created after it (its RedrivePolicy names it).
+        resources = sorted(
+            self.resources.items(), key=lambda item: "RedrivePolicy" in item[1].get("Properties", {})
+        )
         for kind, create in order:
-            for lid, res in self.resources.items():
+            for lid, res in resources:
                 if res["Type"] == kind:
                     create(lid, res.get("Properties", {}))
         unknown = {r["Type"] for r in self.resources.values()} - handled - SKIPPED_TYPES
@@ -266,8 +308,18 @@ class Provisioner:
 
     def _bucket(self, lid: str, props: dict) -> None:
         self.session.client("s3").create_bucket(Bucket=self.out.physical[lid])
-        if props.get("NotificationConfiguration"):
-            self.out.bucket_notifications[lid] = self.resolve(props["NotificationConfiguration"])
+
+    def _bucket_notification(self, lid: str, props: dict) -> None:
+        """The bucket's NotificationConfiguration, set once its target functions exist. moto decides which
+        notifications an object event matches; local/event_sources.py shapes the events as S3 does and
+        the local runtime invokes the functions asynchronously, as S3 invokes them."""
+        if not props.get("NotificationConfiguration"):
+            return
+        config = self.resolve(props["NotificationConfiguration"])
+        self.out.bucket_notifications[lid] = config
+        self.session.client("s3").put_bucket_notification_configuration(
+            Bucket=self.out.physical[lid], NotificationConfiguration=_notification_api_shape(config)
+        )
 
     def _topic(self, lid: str, props: dict) -> None:
         self.session.client("sns").create_topic(Name=self.out.attributes[lid]["TopicName"])
@@ -275,7 +327,9 @@ class Provisioner:
     def _queue(self, lid: str, props: dict) -> None:
         props = self.resolve(props)
         attributes = {
-            k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in props.items() if k != "Tags"
+            k: json.dumps(v) if isinstance(v, dict) else str(v)
+            for k, v in props.items()
+            if k not in ("Tags", "QueueName")
         }
         url = self.session.client("sqs").create_queue(
             QueueName=self.out.attributes[lid]["QueueName"], Attributes=attributes
@@ -324,6 +378,7 @@ class Provisioner:
             Timeout=int(props.get("Timeout", 3)),
             MemorySize=int(props.get("MemorySize", 128)),
         )
+        reserved = props.get("ReservedConcurrentExecutions")
         self.out.functions[lid] = FunctionSpec(
             logical_id=lid,
             name=name,
@@ -333,6 +388,7 @@ class Provisioner:
             timeout=int(props.get("Timeout", 3)),
             memory=int(props.get("MemorySize", 128)),
             environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
+            reserved_concurrency=None if reserved is None else int(reserved),
         )
 
     def _state_machine(self, lid: str, props: dict) -> None:
@@ -379,5 +435,30 @@ class Provisioner:
             api.burst_limit = int(throttle["BurstLimit"]) if "BurstLimit" in throttle else None
 
     def _event_source_mapping(self, lid: str, props: dict) -> None:
-        # Not created in moto: its SQS mapping runs inside SendMessage. The local runtime polls instead.
+        # Not created in moto: its SQS mapping runs inside SendMessage. local/event_sources.py polls instead.
         self.out.event_source_mappings.append({"LogicalId": lid, **self.resolve(props)})
+
+
+def _notification_api_shape(config: dict) -> dict:
+    """CloudFormation's NotificationConfiguration -> the S3 API's PutBucketNotificationConfiguration."""
+
+    def target(entry: dict, arn_key: str, api_key: str) -> dict:
+        shaped = {api_key: entry[arn_key], "Events": [entry["Event"]]}
+        rules = entry.get("Filter", {}).get("S3Key", {}).get("Rules")
+        if rules:
+            shaped["Filter"] = {
+                "Key": {"FilterRules": [{"Name": r["Name"], "Value": r["Value"]} for r in rules]}
+            }
+        return shaped
+
+    shaped: dict = {}
+    for cfn_key, api_key, arn_key, api_arn_key in (
+        ("LambdaConfigurations", "LambdaFunctionConfigurations", "Function", "LambdaFunctionArn"),
+        ("QueueConfigurations", "QueueConfigurations", "Queue", "QueueArn"),
+        ("TopicConfigurations", "TopicConfigurations", "Topic", "TopicArn"),
+    ):
+        if config.get(cfn_key):
+            shaped[api_key] = [target(entry, arn_key, api_arn_key) for entry in config[cfn_key]]
+    if config.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled"):
+        shaped["EventBridgeConfiguration"] = {}
+    return shaped

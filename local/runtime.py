@@ -1,15 +1,26 @@
 """Runs the template's Lambda functions in this process, as the Lambda service would run them.
 
-Handler, environment, timeout and memory come from the translated template (local/cloudformation.py).
-Every function's environment is laid into this process's environment once, so two functions may not
-give one variable different values. Each function has one execution environment, so it serves one
-invocation at a time, as a Lambda environment does (module state such as Powertools' resolver
-assumes it). moto's Lambda invoke is routed here, so Step Functions (and S3 or SNS targets) in the
-emulator call the real handlers.
+Handler, environment, timeout, memory and reserved concurrency come from the translated template
+(local/cloudformation.py). Every function's environment is laid into this process's environment once, so
+two functions may not give one variable different values.
+
+Execution environments. As in Lambda, an invocation takes an idle environment of its function or, if
+none is idle, starts a new one; a function has as many environments as it has concurrent invocations,
+up to its ReservedConcurrentExecutions (else DEFAULT_CONCURRENCY). Beyond that, a synchronous invoke is
+throttled (TooManyRequestsException) and an asynchronous one waits, as Lambda's event queue does. An
+environment is a thread that lives across invocations and loads its own copy of the handler module, so
+what a handler keeps at module level (a Powertools resolver's current request, a BatchProcessor's
+records, clients, caches) belongs to that environment alone. The layer's packages (xjobs, Powertools,
+boto3) are imported once per process; what Powertools' API resolver keeps on its classes is made
+per-thread, i.e. per environment (see _isolate_powertools_router_state).
+
+moto's Lambda invoke is routed here, so Step Functions (synchronous) and S3 or SNS (asynchronous, as in
+AWS) in the emulator call the real handlers.
 """
 
 import importlib.util
 import json
+import logging
 import os
 import queue
 import sys
@@ -17,12 +28,21 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from .cloudformation import ROOT, FunctionSpec, TemplateError
 
 LAYER_DIR = ROOT / "layers" / "common"
+DEFAULT_CONCURRENCY = 50  # a function without ReservedConcurrentExecutions (AWS: the account's 1,000)
+INIT_TIMEOUT = 10.0  # Lambda's limit on an environment's init phase (importing the handler module)
+# Lambda retries a failed asynchronous invocation twice, about 1 and 2 minutes later; locally seconds,
+# so a development loop sees the retries happen.
+ASYNC_RETRY_DELAYS = (1.0, 2.0)
+ASYNC_THROTTLE_BACKOFF = 0.2  # a throttled asynchronous event waits in the queue, not counted as a retry
+SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024  # bytes of a synchronous invocation's event, and of its response
+ASYNC_PAYLOAD_LIMIT = 1024 * 1024  # bytes of an asynchronous invocation's event (1 MB since October 2025)
+
+log = logging.getLogger("xjobs.local.runtime")
 
 
 class FunctionError(RuntimeError):
@@ -51,36 +71,134 @@ class LambdaContext:
 
 @dataclass
 class InvocationStats:
-    count: int = 0
-    errors: int = 0
-    billed_ms: float = 0.0
+    count: int = 0  # invocations that ran (throttled ones did not)
+    errors: int = 0  # of which ended in an error or a timeout
+    billed_ms: float = 0.0  # init (billed since 2025) + handler time
+    throttles: int = 0  # invocations refused: every environment the function may have was busy
+    environments: int = 0  # environments started (cold starts)
+    running: int = 0  # invocations in progress now
+    max_concurrency: int = 0  # the most invocations ever in progress at once
+
+
+@dataclass
+class _Invocation:
+    event: dict
+    context: LambdaContext
+    timeout: float
+    crash: str | None
+    initialized: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: object = None
+    error: Exception | None = None
 
 
 class _Environment:
-    """One execution environment: a thread that lives across invocations, so what a handler caches
-    per container (clients, tables, secrets) is reused as in Lambda."""
+    """One execution environment: a thread that serves one invocation at a time, with its own copy of the
+    handler module, loaded (the init phase) when its first invocation arrives."""
 
-    def __init__(self, name: str):
-        self._requests: queue.Queue = queue.Queue()
-        threading.Thread(target=self._serve, name=f"lambda-{name}", daemon=True).start()
+    def __init__(self, spec: FunctionSpec, number: int):
+        self.spec = spec
+        self.number = number
+        self.handler = None
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        name = f"lambda-{spec.logical_id}-{number}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def run(self, invocation: _Invocation) -> None:
+        self._requests.put(invocation)
+
+    def retire(self) -> None:
+        self._requests.put(None)
 
     def _serve(self) -> None:
-        while True:
-            handler, event, context, crash, outcome, done = self._requests.get()
+        while (invocation := self._requests.get()) is not None:
+            if self.handler is None:
+                try:
+                    self.handler = self._load()
+                except Exception as exc:  # the environment failed to start; the caller discards it
+                    invocation.error = _init_error(exc)
+                    invocation.initialized.set()
+                    invocation.done.set()
+                    continue
+            invocation.context.deadline = time.time() + invocation.timeout
+            invocation.initialized.set()
             try:
-                if crash:
-                    raise RuntimeError(crash)
-                outcome["result"] = handler(event, context)
+                if invocation.crash:
+                    raise RuntimeError(invocation.crash)
+                invocation.result = self.handler(invocation.event, invocation.context)
             except Exception as exc:  # reported to the caller the way Lambda reports it
-                outcome["error"] = exc
-            done.set()
+                invocation.error = exc
+            invocation.done.set()
 
-    def run(self, handler, event, context, crash: str | None, timeout: float) -> dict | None:
-        """The invocation's outcome ({"result"} or {"error"}), or None if it outlived the timeout."""
-        outcome: dict = {}
-        done = threading.Event()
-        self._requests.put((handler, event, context, crash, outcome, done))
-        return outcome if done.wait(timeout) else None
+    def _load(self):
+        module_name, function_name = self.spec.handler.rsplit(".", 1)
+        path = self.spec.code_dir / f"{module_name.replace('.', '/')}.py"
+        # A module name of its own per environment: nothing at module level is shared with another one.
+        unique = f"xjobs_lambda_{self.spec.logical_id}_{self.number}_{module_name.replace('.', '_')}"
+        loader = importlib.util.spec_from_file_location(unique, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[unique] = module
+        try:
+            loader.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(unique, None)
+            raise
+        try:
+            return getattr(module, function_name)
+        except AttributeError:
+            raise FunctionError(
+                "Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'"
+            ) from None
+
+
+def _init_error(exc: Exception) -> FunctionError:
+    """An init failure as Lambda's Python runtime reports it."""
+    if isinstance(exc, FunctionError):
+        return exc
+    if isinstance(exc, ImportError | FileNotFoundError):
+        return FunctionError("Runtime.ImportModuleError", f"Unable to import module: {exc}")
+    if isinstance(exc, SyntaxError):
+        return FunctionError("Runtime.UserCodeSyntaxError", f"Syntax error in module: {exc}")
+    return FunctionError(type(exc).__name__, str(exc))
+
+
+class _Pool:
+    """A function's execution environments: the idle ones, and how many are busy."""
+
+    def __init__(self, spec: FunctionSpec, stats: InvocationStats):
+        self.spec = spec
+        self.stats = stats
+        self.limit = DEFAULT_CONCURRENCY if spec.reserved_concurrency is None else spec.reserved_concurrency
+        self.idle: list[_Environment] = []
+        self.lock = threading.Lock()
+
+    def acquire(self) -> _Environment:
+        """An idle environment (the most recently used, as Lambda favours warm ones) or a new one."""
+        with self.lock:
+            if self.stats.running >= self.limit:
+                self.stats.throttles += 1
+                raise FunctionError("TooManyRequestsException", "Rate Exceeded.")
+            self.stats.running += 1
+            self.stats.max_concurrency = max(self.stats.max_concurrency, self.stats.running)
+            if self.idle:
+                return self.idle.pop()
+            self.stats.environments += 1
+            number = self.stats.environments
+        return _Environment(self.spec, number)
+
+    def release(self, environment: _Environment, reusable: bool) -> None:
+        with self.lock:
+            self.stats.running -= 1
+            if reusable:
+                self.idle.append(environment)
+                return
+        environment.retire()  # its thread ends once it is done with what it is running
+
+    def retire_all(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for environment in idle:
+            environment.retire()
 
 
 class LambdaRuntime:
@@ -88,11 +206,13 @@ class LambdaRuntime:
         self.functions = functions
         self.by_name = {spec.name: spec for spec in functions.values()}
         self.stats: dict[str, InvocationStats] = {lid: InvocationStats() for lid in functions}
+        self._pools = {lid: _Pool(spec, self.stats[lid]) for lid, spec in functions.items()}
         self._lock = threading.Lock()
-        self._modules: dict[Path, object] = {}
-        self._locks = {lid: threading.Lock() for lid in functions}
-        self._environments: dict[str, _Environment] = {}
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
+        self.async_retry_delays = ASYNC_RETRY_DELAYS
+        self._async_pending = 0
+        self._stopping = threading.Event()
+        _isolate_powertools_router_state()
 
     def install_environment(self, extra: dict[str, str]) -> None:
         merged: dict[str, str] = {}
@@ -108,76 +228,205 @@ class LambdaRuntime:
         if str(LAYER_DIR) not in sys.path:
             sys.path.insert(0, str(LAYER_DIR))
 
-    def handler(self, spec: FunctionSpec):
-        module_name, function_name = spec.handler.rsplit(".", 1)
-        path = spec.code_dir / f"{module_name.replace('.', '/')}.py"
-        with self._lock:
-            module = self._modules.get(path)
-            if module is None:
-                unique = f"xjobs_function_{spec.code_dir.name}_{module_name.replace('.', '_')}"
-                loader = importlib.util.spec_from_file_location(unique, path)
-                module = importlib.util.module_from_spec(loader)
-                sys.modules[unique] = module
-                loader.loader.exec_module(module)
-                self._modules[path] = module
-        return getattr(module, function_name)
+    def spec(self, logical_id_or_name: str) -> FunctionSpec:
+        """A function by logical id, name or ARN."""
+        spec = self.functions.get(logical_id_or_name) or self.by_name.get(logical_id_or_name.split(":")[-1])
+        if spec is None:
+            raise FunctionError("ResourceNotFoundException", f"Function not found: {logical_id_or_name}")
+        return spec
 
-    def invoke(self, logical_id_or_name: str, event: dict):
-        """Run one invocation with the function's timeout; raises FunctionError as Lambda would report."""
-        spec = self.functions.get(logical_id_or_name) or self.by_name[logical_id_or_name.split(":")[-1]]
-        handler = self.handler(spec)
-        started = time.time()
+    def invoke(self, logical_id_or_name: str, event: dict, *, request_id: str | None = None):
+        """One synchronous invocation with the function's timeout. Raises FunctionError as Lambda would
+        report it: the handler's exception, Sandbox.Timedout, or TooManyRequestsException (throttled)."""
+        spec = self.spec(logical_id_or_name)
+        pool = self._pools[spec.logical_id]
+        stats = self.stats[spec.logical_id]
+        payload = json.loads(_serialized(event, SYNC_PAYLOAD_LIMIT))  # what Lambda delivers: a copy
+        environment = pool.acquire()
+        with self._lock:
+            crashes = self.fail_next.get(spec.logical_id)
+            crash = crashes.pop(0) if crashes else None
         context = LambdaContext(
             function_name=spec.name,
             memory_limit_in_mb=spec.memory,
             invoked_function_arn=spec.arn,
-            aws_request_id=str(uuid.uuid4()),
-            deadline=started + spec.timeout,
+            aws_request_id=request_id or str(uuid.uuid4()),
+            deadline=time.time() + spec.timeout,
         )
-        with self._locks[spec.logical_id]:
-            environment = self._environments.get(spec.logical_id)
-            if environment is None:
-                environment = self._environments[spec.logical_id] = _Environment(spec.logical_id)
-            crash = self.fail_next.get(spec.logical_id)
-            outcome = environment.run(handler, event, context, crash.pop(0) if crash else None, spec.timeout)
-            if outcome is None:
-                # Lambda ends a timed-out environment; a thread cannot be ended, so it is abandoned.
-                self._environments.pop(spec.logical_id)
-        stats = self.stats[spec.logical_id]
+        invocation = _Invocation(payload, context, spec.timeout, crash)
+        started = time.time()
+        environment.run(invocation)
+        finished = invocation.initialized.wait(INIT_TIMEOUT) and invocation.done.wait(spec.timeout)
+        # Lambda ends a timed-out environment; a thread cannot be ended, so it is abandoned. An environment
+        # whose init failed is discarded too: the next invocation starts a new one.
+        pool.release(environment, reusable=finished and environment.handler is not None)
         with self._lock:
             stats.count += 1
             stats.billed_ms += (time.time() - started) * 1000
-        if outcome is None:
-            stats.errors += 1
+            if not finished or invocation.error is not None:
+                stats.errors += 1
+        if not finished:
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
-        if "error" in outcome:
-            stats.errors += 1
-            exc = outcome["error"]
+        if invocation.error is not None:
+            exc = invocation.error
+            if isinstance(exc, FunctionError):
+                raise exc
             if os.environ.get("XJOBS_LOCAL_TRACEBACKS"):
                 traceback.print_exception(exc)
             raise FunctionError(type(exc).__name__, str(exc)) from exc
-        return outcome.get("result")
+        try:
+            response = json.dumps(invocation.result)
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                stats.errors += 1
+            raise FunctionError("Runtime.MarshalError", f"Unable to marshal response: {exc}") from exc
+        if len(response.encode()) > SYNC_PAYLOAD_LIMIT:
+            with self._lock:
+                stats.errors += 1
+            raise FunctionError(
+                "Function.ResponseSizeTooLarge",
+                f"Response payload size exceeded maximum allowed payload size ({SYNC_PAYLOAD_LIMIT} bytes).",
+            )
+        return json.loads(response)
+
+    def invoke_async(self, logical_id_or_name: str, event: dict) -> str:
+        """An asynchronous invocation (InvocationType Event; how S3 and SNS invoke): returns the request
+        id at once. The event is retried twice if the function fails (ASYNC_RETRY_DELAYS apart, same
+        request id), waits while the function is throttled, and is dropped with a warning after that."""
+        spec = self.spec(logical_id_or_name)
+        _serialized(event, ASYNC_PAYLOAD_LIMIT)
+        request_id = str(uuid.uuid4())
+        with self._lock:
+            self._async_pending += 1
+        threading.Thread(
+            target=self._run_async,
+            args=(spec, event, request_id),
+            name=f"lambda-event-{spec.logical_id}",
+            daemon=True,
+        ).start()
+        return request_id
+
+    @property
+    def async_pending(self) -> int:
+        """Asynchronous events not yet handled (queued, running, or waiting for a retry)."""
+        with self._lock:
+            return self._async_pending
+
+    def _run_async(self, spec: FunctionSpec, event: dict, request_id: str) -> None:
+        try:
+            retries = list(self.async_retry_delays)
+            while not self._stopping.is_set():
+                try:
+                    self.invoke(spec.logical_id, event, request_id=request_id)
+                    return
+                except FunctionError as exc:
+                    if exc.error_type == "TooManyRequestsException":
+                        self._stopping.wait(ASYNC_THROTTLE_BACKOFF)
+                        continue
+                    if not retries:
+                        log.warning(
+                            "%s: event %s dropped after retries: %s", spec.logical_id, request_id, exc
+                        )
+                        return
+                    self._stopping.wait(retries.pop(0))
+        finally:
+            with self._lock:
+                self._async_pending -= 1
+
+    def stop(self) -> None:
+        """Ends pending asynchronous retries and the idle environments' threads."""
+        self._stopping.set()
+        for pool in self._pools.values():
+            pool.retire_all()
 
     def patch_moto(self) -> None:
-        """Route moto's Lambda invocations (from Step Functions, S3, SNS) to the in-process handlers."""
+        """Route moto's Lambda invocations to the in-process handlers: Invoke (Step Functions, boto3) runs
+        synchronously unless its InvocationType is Event; S3 and SNS notifications run asynchronously."""
         from moto.awslambda.models import LambdaFunction
         from moto.awslambda_simple.models import LambdaSimpleBackend
+        from moto.core.exceptions import JsonRESTError
 
         runtime = self
+
+        # Errors of the Invoke request itself, not of the function: an HTTP error status, not a 200.
+        service_errors = {"TooManyRequestsException": 429, "RequestEntityTooLargeException": 413}
+
+        def service_error(exc: FunctionError) -> JsonRESTError:
+            error = JsonRESTError(exc.error_type, exc.message)
+            error.code = service_errors[exc.error_type]
+            return error
 
         def run(function_name: str, body, response_headers: dict) -> str:
             try:
                 payload = json.loads(body or "{}")
                 return json.dumps(runtime.invoke(function_name, payload))
             except FunctionError as exc:
+                if exc.error_type in service_errors:
+                    raise service_error(exc) from None
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps({"errorType": exc.error_type, "errorMessage": exc.message})
 
         def backend_invoke(self, function_name, qualifier, body, headers, response_headers):
             fn = self.get_function(function_name)
+            invocation_type = (headers or {}).get("X-Amz-Invocation-Type", "RequestResponse")
+            if invocation_type == "Event":
+                try:
+                    runtime.invoke_async(fn.function_name, json.loads(body or "{}"))
+                except FunctionError as exc:
+                    raise service_error(exc) from None
+                return b""
+            if invocation_type == "DryRun":
+                return b""
             return run(fn.function_name, body, response_headers).encode()
 
+        def notification_invoke(self, body, request_headers, response_headers):
+            runtime.invoke_async(self.function_name, json.loads(body or "{}"))
+            return ""
+
         LambdaSimpleBackend.invoke = backend_invoke
-        LambdaFunction.invoke = lambda self, body, request_headers, response_headers: run(
-            self.function_name, body, response_headers
+        LambdaFunction.invoke = notification_invoke
+
+
+def _serialized(event: dict, limit: int) -> str:
+    """The event as JSON, refused as Lambda refuses a request over its payload limit."""
+    text = json.dumps(event)
+    if len(text.encode()) > limit:
+        raise FunctionError(
+            "RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes for the operation"
         )
+    return text
+
+
+_router_state = threading.local()
+
+
+class _PerThread:
+    """A class attribute whose value belongs to the thread that set it (see below)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        return getattr(_router_state, self.name, None)
+
+    def __set__(self, instance, value) -> None:
+        setattr(_router_state, self.name, value)
+
+
+def _isolate_powertools_router_state() -> None:
+    """Powertools' API resolvers put the current request on a class: `BaseRouter.current_event = ...` and
+    `BaseRouter.lambda_context = ...` at each resolve(), read back by every Router (such as xjobs.api's
+    shared one). That is per process in Lambda, where an environment is a process; here environments are
+    threads of one process, so the two attributes are made per thread: a descriptor on BaseRouter for
+    reads through instances, and one on its metaclass for `BaseRouter.x = ...` assignments."""
+    try:
+        from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+    except ImportError:
+        return
+    if isinstance(BaseRouter.__dict__.get("current_event"), _PerThread):
+        return
+    names = ("current_event", "lambda_context")
+    metaclass = type("PerThreadRouterMeta", (type(BaseRouter),), {name: _PerThread(name) for name in names})
+    for name in names:
+        setattr(BaseRouter, name, _PerThread(name))
+    BaseRouter.__class__ = metaclass

@@ -3,8 +3,14 @@
     python -m local.stack          # what `make up` runs: start everything, print how to reach it
 
 Starts moto's server (the AWS emulator), creates the template's resources in it, runs the template's
-functions in this process, serves the API on loopback and, unless XAI_BASE_URL and XAI_API_KEY name a
-real endpoint, the xAI simulator. Everything it started is described in .local-stack.json.
+functions in this process (local/runtime.py), polls their SQS event sources and delivers their S3
+notifications (local/event_sources.py), serves the API on loopback and, unless XAI_BASE_URL and
+XAI_API_KEY name a real endpoint, the xAI simulator. Everything it started is described in
+.local-stack.json.
+
+    stack = LocalStack(template=Path("tests/local/fixtures/template.yaml")).start()
+    stack.runtime.stats["WorkerFunction"]   # count, errors, throttles, max_concurrency, ...
+    stack.stop()                            # pollers, API, emulator, simulator
 """
 
 import dataclasses
@@ -19,14 +25,18 @@ from pathlib import Path
 
 import boto3
 import httpx
+from botocore.config import Config
 
+from . import event_sources
 from .apigateway import ApiGateway
-from .cloudformation import REGION, ROOT, Provisioner, translate
+from .cloudformation import REGION, ROOT, TEMPLATE, Provisioner, parameter_names, translate
+from .event_sources import EventSources
 from .runtime import LambdaRuntime
 from .xai_simulator import SimulatorConfig, XaiSimulator
 
 STATE_FILE = ROOT / ".local-stack.json"
 STACK_NAME = "xjobs-local"
+EVENT_SOURCE_CONNECTIONS = 64
 
 
 def _free_port() -> int:
@@ -51,7 +61,9 @@ class LocalStack:
         simulator: SimulatorConfig | None = None,
         state_file: Path | None = None,
         upstream_callbacks: bool = False,
+        template: Path = TEMPLATE,
     ):
+        self.template = template
         self.api_port, self.aws_port, self.xai_port = api_port, aws_port, xai_port
         self.parameters = dict(parameters or {})
         self.simulator_config = simulator
@@ -59,6 +71,7 @@ class LocalStack:
         self.upstream_callbacks = upstream_callbacks
         self.simulator: XaiSimulator | None = None
         self.gateways: dict[str, ApiGateway] = {}
+        self.event_sources: EventSources | None = None
 
     def start(self) -> "LocalStack":
         from .aws_emulator import AwsEmulator
@@ -74,8 +87,9 @@ class LocalStack:
             AWS_REGION=REGION,
         )
 
+        declared = parameter_names(self.template)
         xai_url, xai_key = os.environ.get("XAI_BASE_URL"), os.environ.get("XAI_API_KEY")
-        if not (xai_url and xai_key):
+        if "XaiBaseUrl" in declared and not (xai_url and xai_key):
             config = self.simulator_config or SimulatorConfig(api_key="sim-" + secrets.token_hex(8))
             config = dataclasses.replace(config, callbacks=self.upstream_callbacks)
             self.simulator = XaiSimulator(config, host="127.0.0.1", port=self.xai_port).start()
@@ -98,8 +112,9 @@ class LocalStack:
             # The callback URL goes into the template, so the API's port is chosen before it is served.
             self.api_port = self.api_port or _free_port()
             parameters["CallbackBaseUrl"] = f"http://127.0.0.1:{self.api_port}/prod"
+        parameters = {name: value for name, value in parameters.items() if name in declared}
         parameters.update(self.parameters)
-        cfn, self.parameter_values = translate(parameters)
+        cfn, self.parameter_values = translate(parameters, self.template)
         provisioner = Provisioner(
             cfn,
             self.parameter_values,
@@ -115,13 +130,22 @@ class LocalStack:
         self.runtime = LambdaRuntime(self.resources.functions)
         self.runtime.install_environment({})
         self.runtime.patch_moto()
+        event_sources.patch_moto()
+        # One SQS client for every poller and batch in flight, so a pool as large as they may need.
+        sqs = self.session.client(
+            "sqs",
+            endpoint_url=self.aws_endpoint,
+            config=Config(max_pool_connections=EVENT_SOURCE_CONNECTIONS),
+        )
+        self.event_sources = EventSources(self.resources.event_source_mappings, self.runtime, sqs).start()
         for lid, api in self.resources.apis.items():
             port = self.api_port if len(self.resources.apis) == 1 else 0
             self.gateways[lid] = ApiGateway(
                 api, self.runtime, self.client("apigateway"), "127.0.0.1", port
             ).start()
 
-        self.outputs["ApiUrl"] = self.api_url
+        if self.gateways:
+            self.outputs["ApiUrl"] = self.api_url
         self.inbox_url = self._subscribe_inbox()
         if self.state_file:
             self.state_file.write_text(json.dumps(self.info(), indent=2) + "\n")
@@ -142,22 +166,22 @@ class LocalStack:
         return self.session.client(service, endpoint_url=self.aws_endpoint)
 
     @property
-    def api_url(self) -> str:
-        gateway = next(iter(self.gateways.values()))
-        return f"{gateway.url}/{gateway.api.stage}"
+    def api_url(self) -> str | None:
+        gateway = next(iter(self.gateways.values()), None)
+        return f"{gateway.url}/{gateway.api.stage}" if gateway else None
 
     @property
-    def api_key(self) -> str:
-        return next(iter(self.resources.api_keys.values()))["value"]
+    def api_key(self) -> str | None:
+        return next(iter(self.resources.api_keys.values()), {}).get("value")
 
     def info(self) -> dict:
         return {
             "api_url": self.api_url,
             "api_key": self.api_key,
-            "api_key_id": next(iter(self.resources.api_keys.values()))["id"],
+            "api_key_id": next(iter(self.resources.api_keys.values()), {}).get("id"),
             "aws_endpoint": self.aws_endpoint,
             "region": REGION,
-            "xai_base_url": self.parameter_values["XaiBaseUrl"],
+            "xai_base_url": self.parameter_values.get("XaiBaseUrl"),
             "xai_simulator": self.simulator is not None,
             "inbox_queue_url": self.inbox_url,
             "outputs": self.outputs,
@@ -170,8 +194,11 @@ class LocalStack:
         }
 
     def stop(self) -> None:
+        if self.event_sources:
+            self.event_sources.stop()
         for gateway in self.gateways.values():
             gateway.stop()
+        self.runtime.stop()
         self.moto.stop()
         if self.simulator:
             self.simulator.stop()
