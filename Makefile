@@ -25,6 +25,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests/unit tests/integration
 	$(BIN)/python -m pytest -q tests/e2e
 	$(BIN)/python -m pytest -q tests/e2e_callbacks
+	$(BIN)/python -m pytest -q tests/e2e_batches
 	$(BIN)/python -m pytest -q tests/local
 
 demo: install

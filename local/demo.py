@@ -1,4 +1,4 @@
-"""`make demo`: a video job and a deferred chat job, start to finish, on the local stack.
+"""`make demo`: a video job, a deferred chat job and a chat batch, start to finish, on the local stack.
 
 Everything goes through the stack's HTTP API exactly as a user's client would; the SNS messages are
 read from the local inbox queue subscribed to the topic.
@@ -15,7 +15,10 @@ from .stack import LocalStack
 from .xai_simulator import SimulatorConfig
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out"}
+BATCH_TERMINAL = {"completed", "failed", "expired", "cancelled"}
 DEADLINE_SECONDS = 180
+BATCH_LINES = 300
+QUESTIONS = ["the speed of light", "a haiku about rain", "the capital of Peru", "why the sky is blue"]
 
 
 def main() -> int:
@@ -24,7 +27,14 @@ def main() -> int:
         api_port=int(os.environ.get("XJOBS_API_PORT", 0)),
         aws_port=int(os.environ.get("XJOBS_AWS_PORT", 0)),
         xai_port=int(os.environ.get("XJOBS_XAI_PORT", 0)),
-        simulator=SimulatorConfig(api_key="sim-demo", video_duration_median=8, deferred_chat_duration=3),
+        simulator=SimulatorConfig(
+            api_key="sim-demo",
+            video_duration_median=8,
+            deferred_chat_duration=3,
+            chat_latency_median=0.3,
+            requests_per_minute=1200,
+        ),
+        parameters={"ChatRequestsPerMinute": "1200"},
     ).start()
     try:
         return run(stack)
@@ -92,12 +102,66 @@ def run(stack: LocalStack) -> int:
         else:
             print(f"  reply: {job['result']['choices'][0]['message']['content']!r}")
 
+    ok = run_batch(api) and ok
+
     print("\nSNS messages received (local inbox queue subscribed to the topic):")
-    for message in read_inbox(stack, expected=len(jobs)):
+    for message in read_inbox(stack, expected=len(jobs) + 1):
         attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
         body = json.loads(message["Body"])
-        print(f"  {attributes}  job={body['job']['id']}")
+        subject = f"job={body['job']['id']}" if "job" in body else f"batch={body['batch']['id']}"
+        print(f"  {attributes}  {subject}")
     return 0 if ok else 1
+
+
+def run_batch(api: httpx.Client) -> bool:
+    """A chat batch of BATCH_LINES requests: upload the JSONL through a presigned URL, run it, show it."""
+    print(f"\nChat batch: {BATCH_LINES} requests under a 1,200 requests/minute limit")
+    lines = [
+        {
+            "custom_id": f"question-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "grok-4",
+                "messages": [
+                    {"role": "user", "content": f"Tell me about {QUESTIONS[i % len(QUESTIONS)]} (#{i})"}
+                ],
+                "max_tokens": 100,
+            },
+        }
+        for i in range(BATCH_LINES)
+    ]
+    upload = api.post("/v1/files", json={"purpose": "batch", "filename": "questions.jsonl"}).json()
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    httpx.put(upload["upload_url"], content=content, timeout=60).raise_for_status()
+    batch = api.post("/v1/batches", json={"input_file_id": upload["id"]}).json()
+    print(f"uploaded {len(content)} bytes as {upload['id']}; batch {batch['id']}")
+    started = time.time()
+    while batch["status"] not in BATCH_TERMINAL and time.time() - started < DEADLINE_SECONDS:
+        time.sleep(0.5)
+        batch = api.get(f"/v1/batches/{batch['id']}").json()
+        counts = batch["request_counts"]
+        done = counts["completed"] + counts["failed"]
+        bar = "#" * (40 * done // BATCH_LINES)
+        print(
+            f"\r  [{bar:<40}] {done}/{BATCH_LINES} {batch['status']:<11} {time.time() - started:5.1f}s",
+            end="",
+        )
+        sys.stdout.flush()
+    print()
+    counts = batch["request_counts"]
+    print(
+        f"batch {batch['id']}: {batch['status']}, {counts['completed']} completed, {counts['failed']} failed"
+    )
+    if batch["status"] != "completed":
+        return False
+    output = httpx.get(batch["output_file_url"], timeout=60).text.splitlines()
+    print(f"output.jsonl ({len(output)} lines), the first three:")
+    for line in output[:3]:
+        result = json.loads(line)
+        reply = result["response"]["body"]["choices"][0]["message"]["content"]
+        print(f"  {result['custom_id']}: {reply!r}")
+    return counts["completed"] == BATCH_LINES
 
 
 def read_inbox(stack: LocalStack, expected: int, wait_seconds: float = 10) -> list[dict]:

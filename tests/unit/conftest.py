@@ -4,6 +4,7 @@ Servers start once per session; function-scoped fixtures put them back to a clea
 """
 
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -118,6 +119,7 @@ class HttpPeer:
 def _peer_handler(peer: HttpPeer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait for an ACK
 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -237,3 +239,222 @@ def limits_table(dynamodb) -> str:
 def unique() -> Callable[[str], str]:
     """Names no other test uses (tenants, limiter scopes), so session tables need no cleanup."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# -- chat batches: the template's batch resources on moto, and the settings that name them ----------
+
+
+@pytest.fixture(scope="session")
+def batches_table(dynamodb) -> str:
+    """A table shaped like the template's BatchesTable; returns its name."""
+    name = f"batches-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "id", "AttributeType": "S"},
+            {"AttributeName": "tenant", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by-tenant",
+                "KeySchema": [
+                    {"AttributeName": "tenant", "KeyType": "HASH"},
+                    {"AttributeName": "id", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+    dynamodb.get_waiter("table_exists").wait(TableName=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def batch_items_table(dynamodb) -> str:
+    """A table shaped like the template's BatchItemsTable; returns its name."""
+    name = f"batch-items-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "batch_id", "AttributeType": "S"},
+            {"AttributeName": "line", "AttributeType": "N"},
+        ],
+        KeySchema=[
+            {"AttributeName": "batch_id", "KeyType": "HASH"},
+            {"AttributeName": "line", "KeyType": "RANGE"},
+        ],
+    )
+    dynamodb.get_waiter("table_exists").wait(TableName=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def data_bucket(aws_endpoint: str) -> str:
+    name = f"data-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=aws_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@dataclass
+class Notifications:
+    """An SNS topic with an SQS queue subscribed to it, so tests can read what was published."""
+
+    topic_arn: str
+    queue_url: str
+    sqs: object
+
+    def read(self) -> list[dict]:
+        """Every notice published since the last read: {"message": dict, "attributes": {name: value}}."""
+        notices = []
+        while True:
+            reply = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
+            if not reply.get("Messages"):
+                return notices
+            for message in reply["Messages"]:
+                envelope = json.loads(message["Body"])
+                attributes = {k: v["Value"] for k, v in envelope.get("MessageAttributes", {}).items()}
+                notices.append({"message": json.loads(envelope["Message"]), "attributes": attributes})
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+@pytest.fixture(scope="session")
+def notifications(aws_endpoint: str) -> Notifications:
+    sns = boto3.client("sns", endpoint_url=aws_endpoint)
+    sqs = boto3.client("sqs", endpoint_url=aws_endpoint)
+    topic_arn = sns.create_topic(Name=f"notices-{uuid.uuid4().hex[:8]}")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=f"notices-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn["QueueArn"])
+    return Notifications(topic_arn, queue_url, sqs)
+
+
+@pytest.fixture(scope="session")
+def xai_secret(aws_endpoint: str) -> str:
+    """A Secrets Manager secret holding the simulator's API key; returns its name."""
+    name = f"xai-key-{uuid.uuid4().hex[:8]}"
+    boto3.client("secretsmanager", endpoint_url=aws_endpoint).create_secret(Name=name, SecretString=API_KEY)
+    return name
+
+
+@pytest.fixture(scope="session")
+def stand_in_function(aws_endpoint: str) -> Callable[[str], str]:
+    """Functions in moto's docker-free Lambda: invoking one succeeds and runs nothing (the tests run
+    the handler's work themselves). Makes a function of the given name; returns its ARN."""
+    import httpx
+
+    httpx.post(f"{aws_endpoint}/moto-api/config", json={"lambda": {"use_docker": False}}).raise_for_status()
+    role = boto3.client("iam", endpoint_url=aws_endpoint).create_role(
+        RoleName=f"functions-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
+
+    def make(name: str) -> str:
+        return boto3.client("lambda", endpoint_url=aws_endpoint).create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": _empty_zip()},
+        )["FunctionArn"]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def finalize_function(stand_in_function) -> str:
+    """Stands in for BatchFinalizeFunction (tests call batch_finalize.finalize themselves); its name."""
+    name = f"finalize-{uuid.uuid4().hex[:8]}"
+    stand_in_function(name)
+    return name
+
+
+def _empty_zip() -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def work_queue(aws_endpoint: str) -> str:
+    """A fresh queue per test, with the template's WorkQueue visibility timeout; returns its URL."""
+    sqs = boto3.client("sqs", endpoint_url=aws_endpoint)
+    return sqs.create_queue(
+        QueueName=f"work-{uuid.uuid4().hex[:8]}", Attributes={"VisibilityTimeout": "720"}
+    )["QueueUrl"]
+
+
+@pytest.fixture
+def batch_settings(
+    monkeypatch,
+    sim: XaiSimulator,
+    dynamodb,
+    jobs_table,
+    batches_table,
+    batch_items_table,
+    data_bucket,
+    notifications,
+    xai_secret,
+    finalize_function,
+    work_queue,
+):
+    """The environment xjobs.settings reads, naming the batch resources above and the simulator.
+
+    Each test gets its own limits table: the chat limiter's scope is fixed, so windows one test fills
+    (limiter.block) must not hold back the next. What the workers learned from xAI's rate-limit
+    headers is forgotten before and after each test, as a new container would.
+    """
+    from aws_lambda_powertools import Logger
+
+    from xjobs import batch_ingest, settings, upstream
+
+    limits = f"limits-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(
+        TableName=limits,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )
+    environment = {
+        "JOBS_TABLE": jobs_table,
+        "IDEMPOTENCY_TABLE": "unused-idempotency",
+        "LIMITS_TABLE": limits,
+        "DATA_BUCKET": data_bucket,
+        "TOPIC_ARN": notifications.topic_arn,
+        "XAI_BASE_URL": sim.base_url,
+        "XAI_API_KEY_SECRET": xai_secret,
+        "WEBHOOK_SIGNING_SECRET": "unused-webhook-secret",
+        "CHAT_REQUESTS_PER_MINUTE": "6000",
+        "CHAT_TOKENS_PER_MINUTE": "10000000",
+        "BATCHES_TABLE": batches_table,
+        "BATCH_ITEMS_TABLE": batch_items_table,
+        "WORK_QUEUE_URL": work_queue,
+        "BATCH_FINALIZE_FUNCTION": finalize_function,
+        "BATCH_COMPLETION_WINDOW_SECONDS": "86400",
+        "BATCH_MAX_ATTEMPTS": "3",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    # The functions' app.py makes the parent logger the layer's child loggers log (and append keys) through.
+    Logger(service=batch_ingest.logger.service)
+    settings.get_settings.cache_clear()
+    upstream._learned.clear()
+    yield settings.get_settings()
+    settings.get_settings.cache_clear()
+    upstream._learned.clear()
+
+
+@dataclass
+class LambdaContext:
+    """The part of Lambda's context object the batch functions read."""
+
+    remaining_ms: int = 900_000
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ingest"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms

@@ -7,7 +7,7 @@ import time
 import boto3
 import pytest
 
-from xjobs.limiter import WINDOW_RETENTION_SECONDS, RateLimiter
+from xjobs.limiter import MAX_BLOCK_SECONDS, WINDOW_RETENTION_SECONDS, RateLimiter
 
 
 def leave_time_in_window(window_seconds: float, needed: float) -> None:
@@ -124,3 +124,176 @@ def test_scopes_do_not_share_capacity(limits_table, unique):
     assert videos.try_acquire() == 0.0
     assert chats.try_acquire() == 0.0
     assert videos.try_acquire() > 0
+
+
+# -- tokens per window -----------------------------------------------------------------------------
+
+
+def test_a_token_rate_of_zero_or_less_is_refused(limits_table):
+    with pytest.raises(ValueError, match="positive"):
+        RateLimiter(limits_table, "nothing", 10, tokens_per_second=0)
+
+
+@pytest.mark.parametrize(
+    ("per_second", "tokens_per_second", "token_capacity"),
+    [(10, 1000, 1000), (0.5, 100, 200), (10, 0.4, 1)],
+)
+def test_the_token_capacity_is_the_token_rate_over_the_window(
+    limits_table, per_second, tokens_per_second, token_capacity
+):
+    limiter = RateLimiter(limits_table, "shape", per_second, tokens_per_second)
+
+    assert limiter.token_capacity == token_capacity
+    assert RateLimiter(limits_table, "shape", per_second).token_capacity is None
+
+
+def test_requests_go_while_their_tokens_fit_the_window(limits_table, unique):
+    scope = unique("tokens")
+    limiter = RateLimiter(limits_table, scope, 100, tokens_per_second=1000)
+    leave_time_in_window(1.0, needed=0.5)
+    window = math.floor(time.time())
+
+    assert limiter.try_acquire(tokens=600) == 0.0
+    assert limiter.try_acquire(tokens=300) == 0.0
+    refused = limiter.try_acquire(tokens=200)  # 1,100 > 1,000
+    assert 0 < refused <= 1.0
+    assert limiter.try_acquire(tokens=100) == 0.0, "a request that still fits goes"
+    assert limiter.try_acquire(tokens=1) > 0
+
+    item = window_item(limits_table, scope, window)
+    assert (item["used"], item["used_tokens"]) == (3, 1000), "refused requests consumed nothing"
+
+
+def test_a_request_larger_than_a_window_goes_alone_into_an_empty_one(limits_table, unique):
+    limiter = RateLimiter(limits_table, unique("huge"), 100, tokens_per_second=1000)
+    leave_time_in_window(1.0, needed=0.5)
+
+    assert limiter.try_acquire(tokens=1) == 0.0
+    assert limiter.try_acquire(tokens=50_000) > 0, "not into a window others use"
+    leave_time_in_window(1.0, needed=1.0)  # the next window
+    assert limiter.try_acquire(tokens=50_000) == 0.0, "alone, it goes: it could never fit otherwise"
+    assert limiter.try_acquire(tokens=1) > 0
+
+
+def test_the_request_count_still_limits_when_tokens_are_left(limits_table, unique):
+    limiter = RateLimiter(limits_table, unique("count"), 2, tokens_per_second=1_000_000)
+    leave_time_in_window(1.0, needed=0.5)
+
+    assert [limiter.try_acquire(tokens=1) == 0.0 for _ in range(3)] == [True, True, False]
+
+
+def test_several_requests_are_admitted_all_or_nothing(limits_table, unique):
+    scope = unique("several")
+    limiter = RateLimiter(limits_table, scope, 5, tokens_per_second=1000)
+    leave_time_in_window(1.0, needed=0.5)
+    window = math.floor(time.time())
+
+    assert limiter.try_acquire(tokens=300, requests=3) == 0.0
+    assert limiter.try_acquire(tokens=30, requests=3) > 0, "3 + 3 requests do not fit 5"
+    assert limiter.try_acquire(tokens=800, requests=2) > 0, "2 requests fit, 1,100 tokens do not"
+    assert limiter.try_acquire(tokens=700, requests=2) == 0.0
+
+    item = window_item(limits_table, scope, window)
+    assert (item["used"], item["used_tokens"]) == (5, 1000)
+
+
+def token_burst(limits_table: str, scope: str, callers: int) -> list[tuple[float, float, float]]:
+    """`callers` threads with limiters of 100 requests and 500 tokens a second each ask for 100 tokens
+    at once, just after a window opens. Returns (started, ended, wait) per caller."""
+    prepared = threading.Barrier(callers + 1)
+    go = threading.Event()
+    results: list[tuple[float, float, float]] = []
+
+    def caller() -> None:
+        limiter = RateLimiter(limits_table, scope, 100, tokens_per_second=500)
+        limiter.table.get_item(Key={"id": "warm-up"})
+        prepared.wait()
+        go.wait()
+        started = time.time()
+        wait = limiter.try_acquire(tokens=100)
+        results.append((started, time.time(), wait))
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    prepared.wait(timeout=60)
+    leave_time_in_window(1.0, needed=0.9)
+    go.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    return results
+
+
+def test_concurrent_callers_share_the_tokens_exactly(limits_table, unique):
+    for _ in range(3):  # a burst that straddles two windows (a slow host) is tried again
+        scope = unique("token-burst")
+        results = token_burst(limits_table, scope, callers=12)
+        windows = {math.floor(t) for started, ended, _ in results for t in (started, ended)}
+        if len(windows) == 1:
+            break
+    assert len(windows) == 1, "precondition: the burst must fit in one window (the host was too slow)"
+
+    assert len(results) == 12
+    assert sum(1 for _, _, wait in results if wait == 0.0) == 5, "500 tokens: five requests of 100"
+    item = window_item(limits_table, scope, windows.pop())
+    assert item["used_tokens"] == 500
+    assert item["used"] == 5
+
+
+# -- block -----------------------------------------------------------------------------------------
+
+
+def test_block_holds_every_caller_back_for_the_seconds_given(limits_table, unique):
+    scope = unique("block")
+    leave_time_in_window(1.0, needed=0.5)
+    blocker = RateLimiter(limits_table, scope, 5, tokens_per_second=1000)
+    other = RateLimiter(limits_table, scope, 5, tokens_per_second=1000)  # another worker, same scope
+    now = time.time()
+
+    blocker.block(2.0)
+
+    first, last = math.floor(now), math.floor(now + 2.0)
+    for window in range(first, last + 1):
+        assert window_item(limits_table, scope, window)["used"] == blocker.capacity, window
+    assert window_item(limits_table, scope, last + 1) is None, "nothing past the block"
+    assert other.try_acquire(tokens=1) > 0
+    assert blocker.try_acquire() > 0
+
+
+def test_a_blocked_window_opens_again_after_the_block(limits_table, unique):
+    scope = unique("unblock")
+    leave_time_in_window(1.0, needed=0.5)
+    limiter = RateLimiter(limits_table, scope, 5)
+
+    limiter.block(0.1)  # the current window only (0.1 s later is the same window)
+
+    wait = limiter.try_acquire()
+    assert 0 < wait <= 1.0
+    time.sleep(wait + 0.02)
+    assert limiter.try_acquire() == 0.0
+
+
+def test_block_is_capped(limits_table, unique):
+    scope = unique("capped")
+    limiter = RateLimiter(limits_table, scope, 1)
+    now = time.time()
+
+    limiter.block(10 * MAX_BLOCK_SECONDS)
+
+    assert window_item(limits_table, scope, math.floor(now + MAX_BLOCK_SECONDS) - 1) is not None
+    assert window_item(limits_table, scope, math.floor(now + MAX_BLOCK_SECONDS) + 2) is None
+
+
+def test_block_keeps_the_window_expiry_of_a_window_in_use(limits_table, unique):
+    scope = unique("expiry")
+    leave_time_in_window(1.0, needed=0.5)
+    limiter = RateLimiter(limits_table, scope, 5)
+    limiter.try_acquire()
+    window = math.floor(time.time())
+    expires = window_item(limits_table, scope, window)["expires_at"]
+
+    limiter.block(0.1)
+
+    item = window_item(limits_table, scope, window)
+    assert item["used"] == limiter.capacity
+    assert item["expires_at"] == expires

@@ -4,7 +4,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import Router
 
-from . import jobs
+from . import batches, jobs
 from .loop import wake
 from .models import BadRequest, parse_job_request
 from .notify import check_callback_token
@@ -33,6 +33,16 @@ def tenant_of(app) -> str:
     if not tenant:
         raise Forbidden("this API needs an API key")
     return tenant
+
+
+def page_limit(params: dict) -> int:
+    try:
+        limit = int(params.get("limit", 20))
+    except ValueError:
+        raise BadRequest("parameter 'limit': must be a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"parameter 'limit': must be between 1 and {MAX_PAGE}")
+    return limit
 
 
 def _store() -> jobs.JobStore:
@@ -74,13 +84,9 @@ def list_jobs():
     status = params.get("status")
     if status and status not in jobs.STATUSES:
         raise BadRequest(f"parameter 'status': must be one of {', '.join(jobs.STATUSES)}")
-    try:
-        limit = int(params.get("limit", 20))
-    except ValueError:
-        raise BadRequest("parameter 'limit': must be a whole number") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"parameter 'limit': must be between 1 and {MAX_PAGE}")
-    found, has_more = _store().list(tenant_of(router), status=status, limit=limit, after=params.get("after"))
+    found, has_more = _store().list(
+        tenant_of(router), status=status, limit=page_limit(params), after=params.get("after")
+    )
     data = [job_view(job, with_result=False) for job in found]
     return {
         "object": "list",
@@ -125,8 +131,12 @@ def register_error_handlers(app: APIGatewayRestResolver) -> None:
     def not_found(exc: jobs.JobNotFound):
         return _error(404, "not_found", f"no job {exc.args[0]}")
 
-    @app.exception_handler(jobs.JobConflict)
-    def conflict(exc: jobs.JobConflict):
+    @app.exception_handler(batches.BatchNotFound)
+    def batch_not_found(exc: batches.BatchNotFound):
+        return _error(404, "not_found", f"no batch {exc.args[0]}")
+
+    @app.exception_handler([jobs.JobConflict, batches.BatchConflict])
+    def conflict(exc: Exception):
         return _error(409, "conflict", str(exc))
 
     @app.exception_handler(IdempotencyKeyReused)

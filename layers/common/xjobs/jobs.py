@@ -48,18 +48,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """DynamoDB numbers come back as Decimal; give callers ints and floats."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
-def _conditional_failure(exc: ClientError) -> bool:
+def conditional_failure(exc: ClientError) -> bool:
     return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
@@ -77,7 +77,7 @@ class JobStore:
 
     def get(self, job_id: str) -> dict | None:
         item = self.table.get_item(Key={"id": job_id}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
+        return plain(item) if item else None
 
     def get_for_tenant(self, job_id: str, tenant: str) -> dict:
         job = self.get(job_id)
@@ -105,7 +105,7 @@ class JobStore:
         jobs: list[dict] = []
         while len(jobs) <= limit:
             page = self.table.query(**query)
-            jobs.extend(_plain(item) for item in page["Items"])
+            jobs.extend(plain(item) for item in page["Items"])
             if "LastEvaluatedKey" not in page:
                 break
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -134,7 +134,7 @@ class JobStore:
             ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
-        return _plain(reply["Attributes"]) if reply else None
+        return plain(reply["Attributes"]) if reply else None
 
     def record_poll(self, job_id: str, progress: int | None) -> None:
         """Count a status poll (and keep xAI's progress) while the job is still active."""
@@ -181,7 +181,7 @@ class JobStore:
             ExpressionAttributeValues={":now": now_ms(), ":pending": PENDING, ":proc": PROCESSING},
             ReturnValues="ALL_NEW",
         )
-        return _plain(reply["Attributes"]) if reply else None
+        return plain(reply["Attributes"]) if reply else None
 
     def cancel(self, job_id: str, tenant: str) -> dict:
         """Cancel an active job of the tenant; raises JobNotFound or JobConflict."""
@@ -202,13 +202,13 @@ class JobStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not conditional_failure(exc):
                 raise
             old = exc.response.get("Item")
             if not old or old.get("tenant", {}).get("S") != tenant:
                 raise JobNotFound(job_id) from None
             raise JobConflict(f"job {job_id} is already {old['status']['S']}") from None
-        return _plain(reply["Attributes"])
+        return plain(reply["Attributes"])
 
     def claim(self, job_id: str, flag: str) -> bool:
         """Set ``flag`` once; True for the one caller that set it. Guards one-time side effects."""
@@ -226,7 +226,7 @@ class JobStore:
         try:
             return self.table.update_item(**request)
         except ClientError as exc:
-            if _conditional_failure(exc):
+            if conditional_failure(exc):
                 return None
             raise
 

@@ -9,10 +9,11 @@ import time
 from aws_lambda_powertools import Logger
 
 from . import aws, jobs, notify
+from .batch_lines import estimated_tokens
 from .limiter import RateLimiter
 from .notify import callback_url
 from .settings import get_settings
-from .upstream import secret, xai_client
+from .upstream import chat_limiter, learn_limits, secret, xai_client
 from .views import job_view, result_key, video_key
 from .xai import DEFERRED_CHAT, XaiError, XaiRateLimited, XaiRejected
 
@@ -80,9 +81,16 @@ def poll(job_id: str, polls: int) -> dict:
     client = xai_client()
     if not job.get("xai_request_id"):
         return _submit(store, job, client, settings, result)
+    # Status reads count against the account's limit like chat work: they share its limiter.
+    limiter = chat_limiter()
+    wait = limiter.try_acquire()
+    if wait:
+        return result(False, wait)
     try:
         status = client.status(job["kind"], job["xai_request_id"])
     except XaiRateLimited as exc:
+        learn_limits(exc.limits)
+        limiter.block(exc.retry_after)
         return result(False, exc.retry_after)
     except XaiRejected as exc:
         store.advance(job_id, jobs.FAILED, error={"code": exc.code, "message": exc.message})
@@ -100,13 +108,15 @@ def poll(job_id: str, polls: int) -> dict:
 
 
 def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
-    if job["kind"] != DEFERRED_CHAT:
+    body = json.loads(job["request"])
+    if job["kind"] == DEFERRED_CHAT:
+        wait = chat_limiter().try_acquire(tokens=estimated_tokens(body))
+    else:
         wait = RateLimiter(
             settings.limits_table, "video-submit", settings.video_requests_per_second
         ).try_acquire()
-        if wait:
-            return result(False, wait)
-    body = json.loads(job["request"])
+    if wait:
+        return result(False, wait)
     if settings.callback_base_url:
         body["callback_url"] = callback_url(
             settings.callback_base_url, job["id"], secret(settings.webhook_signing_secret)

@@ -24,6 +24,14 @@ class Settings(BaseModel):
     poll_min_wait_seconds: int = Field(alias="POLL_MIN_WAIT_SECONDS", default=2, ge=1)
     poll_max_wait_seconds: int = Field(alias="POLL_MAX_WAIT_SECONDS", default=60, ge=1)
     video_requests_per_second: float = Field(alias="VIDEO_REQUESTS_PER_SECOND", default=1, gt=0)
+    chat_requests_per_minute: int = Field(alias="CHAT_REQUESTS_PER_MINUTE", default=1800, gt=0)
+    chat_tokens_per_minute: int = Field(alias="CHAT_TOKENS_PER_MINUTE", default=10_000_000, gt=0)
+    batches_table: str = Field(alias="BATCHES_TABLE", default="")
+    batch_items_table: str = Field(alias="BATCH_ITEMS_TABLE", default="")
+    work_queue_url: str = Field(alias="WORK_QUEUE_URL", default="")
+    batch_finalize_function: str = Field(alias="BATCH_FINALIZE_FUNCTION", default="")
+    batch_completion_window_seconds: int = Field(alias="BATCH_COMPLETION_WINDOW_SECONDS", default=86400, ge=1)
+    batch_max_attempts: int = Field(alias="BATCH_MAX_ATTEMPTS", default=3, ge=1)
 
 
 class ConfigurationError(RuntimeError):

@@ -2,6 +2,7 @@
 
 from functools import cache
 
+from .limiter import RateLimiter
 from .settings import get_settings
 from .xai import XaiClient
 
@@ -23,3 +24,23 @@ def _client(base_url: str, api_key: str) -> XaiClient:
 def xai_client() -> XaiClient:
     settings = get_settings()
     return _client(settings.xai_base_url, secret(settings.xai_api_key_secret))
+
+
+CHAT_SCOPE = "xai-chat"
+_learned: dict[str, int] = {}  # per container: the limits xAI's x-ratelimit-limit-* headers announced
+
+
+def learn_limits(limits) -> None:
+    """Correct the configured per-minute limits with what xAI says they are (when it says)."""
+    if limits.limit_requests:
+        _learned["requests"] = limits.limit_requests
+    if limits.limit_tokens:
+        _learned["tokens"] = limits.limit_tokens
+
+
+def chat_limiter() -> RateLimiter:
+    """The one limiter every chat request (batch work, deferred-chat polls) goes through."""
+    settings = get_settings()
+    requests = _learned.get("requests", settings.chat_requests_per_minute)
+    tokens = _learned.get("tokens", settings.chat_tokens_per_minute)
+    return RateLimiter(settings.limits_table, CHAT_SCOPE, requests / 60, tokens / 60)

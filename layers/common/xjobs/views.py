@@ -2,7 +2,7 @@
 
 import json
 
-from . import aws, jobs
+from . import aws, batches, jobs
 from .settings import get_settings
 from .xai import DEFERRED_CHAT
 
@@ -49,3 +49,45 @@ def job_view(job: dict, *, with_result: bool = True) -> dict:
         "result": result,
         "error": job.get("error"),
     }
+
+
+def batch_view(batch: dict, *, links: bool = True) -> dict:
+    """A batch as OpenAI's Batch API shapes it, with presigned links to its files once it has ended."""
+    if "request_counts" in batch:
+        counts = batch["request_counts"]
+    else:
+        counts = {
+            "total": batch["lines"],
+            "completed": batch["done"] - batch["failed"],
+            "failed": batch["failed"] + batch["ingest_errors"],
+        }
+    ended = batch["status"] in batches.TERMINAL and "output_key" in batch
+    view = {
+        "id": batch["id"],
+        "object": "batch",
+        "endpoint": batch["endpoint"],
+        "errors": batch.get("errors"),
+        "input_file_id": batch.get("input_file_id"),
+        "completion_window": batch["completion_window"],
+        "status": batch["status"],
+        "output_file_id": batch.get("output_key") if ended else None,
+        "error_file_id": batch.get("errors_key") if ended else None,
+        "request_counts": counts,
+        "metadata": batch.get("metadata") or {},
+    }
+    for moment in (
+        "created",
+        "in_progress",
+        "expires",
+        "finalizing",
+        "completed",
+        "failed",
+        "expired",
+        "cancelling",
+        "cancelled",
+    ):
+        view[f"{moment}_at"] = batch.get(f"{moment}_at")
+    if links and ended:
+        view["output_file_url"] = presigned_get(batch["output_key"])
+        view["error_file_url"] = presigned_get(batch["errors_key"])
+    return view

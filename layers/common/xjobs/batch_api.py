@@ -1,0 +1,171 @@
+"""HTTP routes for batch input files and batches (shaped like OpenAI's Files and Batch APIs)."""
+
+import hashlib
+import json
+from typing import Literal
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import Router
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import aws, batches
+from .api import page_limit, tenant_of
+from .batch_ingest import INCOMING_PREFIX
+from .ids import new_id
+from .models import BadRequest, describe_validation_error
+from .settings import get_settings
+from .submission import IdempotencyKeyReused
+from .views import batch_view
+
+logger = Logger(child=True)
+router = Router()
+
+UPLOAD_URL_SECONDS = 3600
+MAX_COMPLETION_WINDOW_SECONDS = 86400
+
+
+class NewFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: Literal["batch"] = "batch"
+    filename: str | None = Field(default=None, max_length=256)
+
+
+class NewBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_file_id: str = Field(pattern=r"^file_[0-9A-Z]{26}$")
+    endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+    # OpenAI accepts "24h" only; shorter windows ("90s", "30m", "2h") end a batch sooner.
+    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]*[smh]$")
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+    def window_seconds(self) -> int:
+        seconds = int(self.completion_window[:-1]) * {"s": 1, "m": 60, "h": 3600}[self.completion_window[-1]]
+        if seconds > MAX_COMPLETION_WINDOW_SECONDS:
+            raise BadRequest("field 'completion_window': must be at most 24h")
+        return seconds
+
+
+def _body(model: type[BaseModel]):
+    raw = router.current_event.body or "{}"
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc)) from None
+
+
+def _file_key(tenant: str, file_id: str) -> str:
+    return f"files/{tenant}/{file_id}.jsonl"
+
+
+def _batch_id_for_key(tenant: str, idempotency_key: str) -> str:
+    digest = hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()[:26].upper()
+    return f"batch_{digest}"
+
+
+def _store() -> batches.BatchStore:
+    settings = get_settings()
+    return batches.BatchStore(settings.batches_table, settings.batch_items_table)
+
+
+@router.post("/v1/files")
+def create_file():
+    """A presigned URL the caller PUTs the JSONL file to: large files never pass through the API."""
+    request = _body(NewFile)
+    file_id = new_id("file")
+    url = aws.client("s3").generate_presigned_url(
+        "put_object",
+        Params={"Bucket": get_settings().data_bucket, "Key": _file_key(tenant_of(router), file_id)},
+        ExpiresIn=UPLOAD_URL_SECONDS,
+    )
+    return Response(
+        201,
+        "application/json",
+        {
+            "id": file_id,
+            "object": "file",
+            "purpose": request.purpose,
+            "filename": request.filename,
+            "upload_url": url,
+            "upload_method": "PUT",
+            "expires_in": UPLOAD_URL_SECONDS,
+        },
+    )
+
+
+@router.post("/v1/batches")
+def create_batch():
+    request = _body(NewBatch)
+    tenant = tenant_of(router)
+    settings = get_settings()
+    s3 = aws.client("s3")
+    source = _file_key(tenant, request.input_file_id)
+    try:
+        s3.head_object(Bucket=settings.data_bucket, Key=source)
+    except s3.exceptions.ClientError:
+        raise BadRequest(f"field 'input_file_id': no uploaded file {request.input_file_id}") from None
+    key = router.current_event.headers.get("Idempotency-Key") or router.current_event.headers.get(
+        "idempotency-key"
+    )
+    # With an Idempotency-Key the batch's id follows from it, so a retry finds the batch it made.
+    batch_id = _batch_id_for_key(tenant, key) if key else new_id("batch")
+    store = _store()
+    incoming = f"{INCOMING_PREFIX}{batch_id}.jsonl"
+    batch = batches.new_batch(
+        batch_id,
+        tenant=tenant,
+        input_key=incoming,
+        input_file_id=request.input_file_id,
+        window_seconds=request.window_seconds(),
+        completion_window=request.completion_window,
+        metadata=request.metadata or {},
+    )
+    if not store.create(batch):
+        existing = store.get(batch_id)
+        if existing["input_file_id"] != request.input_file_id or existing["metadata"] != (
+            request.metadata or {}
+        ):
+            raise IdempotencyKeyReused(key)
+        return batch_view(existing)
+    # The copy under batches/incoming/ is what starts the ingest (an S3 event), as for a direct upload.
+    s3.copy_object(
+        Bucket=settings.data_bucket,
+        Key=incoming,
+        CopySource={"Bucket": settings.data_bucket, "Key": source},
+        Metadata={"xjobs-batch-id": batch_id, "xjobs-tenant": tenant},
+        MetadataDirective="REPLACE",
+    )
+    logger.info("batch created", extra={"batch_id": batch_id})
+    return batch_view(batch)
+
+
+@router.get("/v1/batches/<batch_id>")
+def get_batch(batch_id: str):
+    return batch_view(_store().get_for_tenant(batch_id, tenant_of(router)))
+
+
+@router.get("/v1/batches")
+def list_batches():
+    params = router.current_event.query_string_parameters or {}
+    found, has_more = _store().list(tenant_of(router), limit=page_limit(params), after=params.get("after"))
+    data = [batch_view(batch, links=False) for batch in found]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.post("/v1/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str):
+    batch = _store().cancel(batch_id, tenant_of(router))
+    logger.info("batch cancel requested", extra={"batch_id": batch_id})
+    return batch_view(batch)

@@ -1,0 +1,222 @@
+"""Workers: one SQS batch of chat requests, run concurrently under the account's shared rate limit.
+
+Every request first takes its place in the shared limiter (requests and tokens per minute). A request
+that must wait, or that xAI answers 429, goes back to the queue with a visibility timeout equal to the
+wait: no worker sleeps through a backoff. 5xx answers and timeouts come back with a growing backoff
+until ``BATCH_MAX_ATTEMPTS``, then become error lines; 4xx answers are error lines at once. A request
+that already has its result (SQS delivered it twice) is not sent to xAI again.
+"""
+
+import asyncio
+import json
+import math
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+
+from . import aws, batches
+from .batch_ingest import start_finalizer
+from .batch_lines import error_line, result_line
+from .settings import get_settings
+from .upstream import chat_limiter, learn_limits, secret
+from .xai import XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable
+
+logger = Logger(child=True)
+
+MAX_BACKOFF_SECONDS = 60
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
+RESULT_MARGIN_SECONDS = 5  # time left after an xAI call to record its result
+REPEAT_RETURN_SECONDS = 10  # a second copy of a message in one invocation waits for the first's result
+_requests = ThreadPoolExecutor(max_workers=32, thread_name_prefix="batch-request")
+
+
+class ReturnLater(Exception):
+    """The message goes back to the queue; its visibility timeout is already set to the wait."""
+
+
+def handle(event: dict, context) -> dict:
+    """The worker's Lambda handler: process the messages, report those to come back later."""
+    work = _Work(event.get("Records", []), context)
+    processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+    async def record_handler(record):
+        return await asyncio.get_running_loop().run_in_executor(_requests, work.process, record)
+
+    response = async_process_partial_response(event, record_handler, processor, context)
+    # Results are stored before the answer deletes their messages: if this fails, all come back.
+    work.save()
+    return response
+
+
+def handle_dead_letters(event: dict, context) -> dict:
+    """Messages that used up their receives: each request becomes an error line, so the batch ends."""
+    work = _Work(event.get("Records", []), context)
+    for record in event.get("Records", []):
+        message = json.loads(record["body"])
+        if not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
+            receives = record.get("attributes", {}).get("ApproximateReceiveCount", "?")
+            work.record_error(
+                message, "delivery_failed", f"the request was received {receives} times without a result"
+            )
+    work.save()
+    return {"batchItemFailures": []}
+
+
+class _Work:
+    """The messages of one invocation: read together, admitted together when the limiter allows,
+    recorded together in one transaction."""
+
+    def __init__(self, records: list, context):
+        settings = get_settings()
+        self.context = context
+        self.settings = settings
+        self.store = batches.BatchStore(settings.batches_table, settings.batch_items_table)
+        messages = [json.loads(r["body"]) for r in records]
+        self.known, self.batches = self.store.prefetch([(m["batch_id"], m["line"]) for m in messages])
+        self.results: list[dict] = []
+        self._lock = threading.Lock()
+        # SQS may put two copies of a message in one batch: the first runs, the others come back later
+        # and find its result.
+        first = {}
+        for record, message in zip(records, messages, strict=True):
+            first.setdefault((message["batch_id"], message["line"]), record["messageId"])
+        self.repeats = {r["messageId"] for r in records} - set(first.values())
+        unique = [m for r, m in zip(records, messages, strict=True) if r["messageId"] not in self.repeats]
+        to_run = [m for m in unique if self._verdict(m) is None]
+        # One limiter call for the whole SQS batch when it fits the window; else one per request.
+        self.admitted = bool(to_run) and not chat_limiter().try_acquire(
+            tokens=sum(m["tokens"] for m in to_run), requests=len(to_run)
+        )
+
+    def _verdict(self, message: dict) -> tuple[str, str] | str | None:
+        """Why a message is not sent to xAI ("done", "unknown", or an error line's code and text)."""
+        if self.known.get((message["batch_id"], message["line"]), {}).get("done"):
+            return "done"  # a repeated delivery: the result exists
+        batch = self.batches.get(message["batch_id"])
+        if batch is None:
+            return "unknown"
+        if batch["status"] == batches.CANCELLING:
+            return "batch_cancelled", "the batch was cancelled before this request ran"
+        if batch["expires_at"] <= time.time():
+            return "batch_expired", "the batch's completion window ended before this request ran"
+        return None
+
+    def process(self, record) -> None:
+        message = json.loads(record.body)
+        logger.thread_safe_append_keys(batch_id=message["batch_id"], custom_id=message["custom_id"])
+        if record.message_id in self.repeats:
+            _return_later(record, REPEAT_RETURN_SECONDS)
+        verdict = self._verdict(message)
+        if verdict == "unknown":
+            logger.warning("message of an unknown batch dropped")
+        elif isinstance(verdict, tuple):
+            self.record_error(message, *verdict)
+        elif verdict is None:
+            attempts = self.known.get((message["batch_id"], message["line"]), {}).get("attempts", 0)
+            self._run(record, message, attempts)
+
+    def _run(self, record, message: dict, attempts: int) -> None:
+        if not self.admitted:
+            wait = chat_limiter().try_acquire(tokens=message["tokens"])
+            if wait:
+                _return_later(record, wait)
+        body = message.get("body") or self._stored_body(message["body_key"])
+        try:
+            reply = _client().chat(body, timeout=self._time_left())
+        except XaiRateLimited as exc:
+            learn_limits(exc.limits)
+            # Block the windows of the limit xAI just stated (when it stated one): the windows every
+            # caller counts in from now on, not those of the limit this request was admitted under.
+            chat_limiter().block(exc.retry_after)
+            _return_later(record, exc.retry_after)
+        except XaiRejected as exc:
+            error = {"error": {"code": exc.code, "message": exc.message}}
+            line = result_line(batches.request_id(), message["custom_id"], exc.status_code, error, None)
+            self._keep(message, False, line)
+            return
+        except XaiUnavailable as exc:
+            attempts = self.store.count_attempt(message["batch_id"], message["line"], message["expires_at"])
+            if attempts >= self.settings.batch_max_attempts:
+                self.record_error(message, "upstream_unavailable", f"{exc} ({attempts} attempts)")
+                return
+            _return_later(record, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)))
+        learn_limits(reply.limits)
+        upstream_id = reply.body.get("id")
+        line = result_line(
+            batches.request_id(), message["custom_id"], reply.status_code, reply.body, upstream_id
+        )
+        self._keep(message, True, line)
+
+    def _time_left(self) -> float:
+        """An xAI call must answer before the invocation times out, or its result would be lost."""
+        if self.context is None:
+            return DEFAULT_REQUEST_TIMEOUT_SECONDS
+        return max(1.0, self.context.get_remaining_time_in_millis() / 1000 - RESULT_MARGIN_SECONDS)
+
+    def record_error(self, message: dict, code: str, text: str) -> None:
+        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text))
+
+    def _keep(self, message: dict, ok: bool, outcome: str) -> None:
+        batch = self.batches.get(message["batch_id"])
+        if batch is None:
+            logger.warning("result of an unknown batch dropped")
+            return
+        if len(outcome) > batches.MAX_INLINE_RESULT_BYTES:
+            # A DynamoDB item holds 400 KB: a larger result is kept in S3 and its item points there.
+            key = batches.result_key(message["batch_id"], message["line"])
+            aws.client("s3").put_object(Bucket=self.settings.data_bucket, Key=key, Body=outcome.encode())
+            outcome = json.dumps({"s3_key": key})
+        result = {
+            "batch_id": message["batch_id"],
+            "line": message["line"],
+            "custom_id": message["custom_id"],
+            "ok": ok,
+            "outcome": outcome,
+            "expires_at": batch["retain_until"],
+        }
+        with self._lock:
+            self.results.append(result)
+
+    def _stored_body(self, key: str) -> dict:
+        reply = aws.client("s3").get_object(Bucket=self.settings.data_bucket, Key=key)
+        return json.loads(reply["Body"].read())
+
+    def save(self) -> None:
+        """Record this invocation's results; then, if they were a batch's last, start its finalizer.
+
+        Every batch touched is checked, even with no new result: a worker that crashed between
+        recording and this check left the batch to the next delivery of the same messages.
+        """
+        self.store.record(self.results)
+        for batch_id in self.batches:
+            if self.store.claim_finalize(batch_id):
+                start_finalizer(batch_id)
+
+
+def _return_later(record, seconds: float) -> None:
+    aws.client("sqs").change_message_visibility(
+        QueueUrl=get_settings().work_queue_url,
+        ReceiptHandle=record.receipt_handle,
+        VisibilityTimeout=min(43_200, max(1, math.ceil(seconds))),
+    )
+    raise ReturnLater(f"back in {seconds:.1f} s")
+
+
+@cache
+def _xai(base_url: str, api_key: str) -> XaiClient:
+    # One attempt per delivery: a retry is a later delivery of the message, never a sleep here.
+    return XaiClient(base_url, api_key, max_attempts=1)
+
+
+def _client() -> XaiClient:
+    settings = get_settings()
+    return _xai(settings.xai_base_url, secret(settings.xai_api_key_secret))

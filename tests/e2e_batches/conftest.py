@@ -1,0 +1,48 @@
+"""The chat-batch end-to-end fixtures: one local stack with short timeouts, driven over HTTP and S3."""
+
+import dataclasses
+
+import httpx
+import pytest
+
+from local.stack import LocalStack
+from local.xai_simulator import SimulatorConfig
+
+from .helpers import Batches
+
+# Short visibility and worker timeouts keep redeliveries (crashes, retries) within seconds.
+PARAMETERS = {
+    "BatchWorkerTimeoutSeconds": "15",
+    "BatchWorkVisibilitySeconds": "8",
+    "BatchWorkerConcurrency": "4",
+    "BatchMaxAttempts": "3",
+    "BatchMaxReceives": "30",
+    "ChatRequestsPerMinute": "60000",
+}
+SIMULATOR = SimulatorConfig(api_key="sim-batch-key", chat_latency_median=0.02, chat_latency_sigma=0.3)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    local = LocalStack(parameters=PARAMETERS, simulator=SIMULATOR).start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def sim(stack):
+    """The simulator with an empty call log, put back to the session's configuration after each test."""
+    stack.simulator.reset()
+    yield stack.simulator
+    stack.simulator.update(**dataclasses.asdict(SIMULATOR))
+
+
+@pytest.fixture
+def api(stack):
+    with httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def batches(stack, api):
+    return Batches(stack, api)

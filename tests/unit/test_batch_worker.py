@@ -1,0 +1,469 @@
+"""Workers (xjobs.batch_worker) against the xAI simulator and moto's server: each request's result is
+recorded once, 429s go back to the queue without sleeping, 5xx are retried up to a limit, 4xx and
+cancelled or expired batches become error lines; and the fan-in (BatchStore.record, claim_finalize)."""
+
+import json
+import math
+import threading
+import time
+import uuid
+
+import boto3
+import pytest
+
+from tests.unit.conftest import LambdaContext
+from tests.unit.test_batch_ingest import request
+from xjobs import batch_ingest, batch_worker, batches, upstream
+from xjobs.batch_ingest import INLINE_BODY_BYTES
+from xjobs.limiter import MAX_BLOCK_SECONDS
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+def deliveries(queue_url: str) -> list[dict]:
+    """Every message the queue delivers now (each stays in flight for the queue's 720 s)."""
+    sqs = boto3.client("sqs")
+    found = []
+    while True:
+        reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"])
+        if not reply.get("Messages"):
+            return sorted(found, key=lambda m: json.loads(m["Body"])["line"])
+        found.extend(reply["Messages"])
+
+
+def sqs_event(messages: list[dict]) -> dict:
+    """The event Lambda's SQS event source mapping hands the worker for these deliveries."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:work",
+                "awsRegion": "us-east-1",
+            }
+            for m in messages
+        ]
+    }
+
+
+def returned(response: dict) -> set[str]:
+    return {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
+
+
+@pytest.fixture
+def store(batch_settings) -> batches.BatchStore:
+    return batches.BatchStore(batch_settings.batches_table, batch_settings.batch_items_table)
+
+
+@pytest.fixture
+def start_batch(batch_settings, data_bucket, work_queue):
+    """Ingest these lines as a batch; returns (batch id, the work queue's deliveries)."""
+
+    def start(*lines: dict) -> tuple[str, list[dict]]:
+        key = f"{batch_ingest.INCOMING_PREFIX}{uuid.uuid4().hex}.jsonl"
+        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        boto3.client("s3").put_object(Bucket=data_bucket, Key=key, Body=content)
+        batch_id = batch_ingest.open_batch(data_bucket, key)
+        batch_ingest.ingest(batch_id, LambdaContext())
+        return batch_id, deliveries(work_queue)
+
+    return start
+
+
+def outcomes(store: batches.BatchStore, batch_id: str) -> dict[int, dict]:
+    return {
+        item["line"]: {**item, "outcome": json.loads(item["outcome"])} for item in store.results(batch_id)
+    }
+
+
+def item(batch_settings, batch_id: str, line: int) -> dict | None:
+    table = boto3.resource("dynamodb").Table(batch_settings.batch_items_table)
+    return table.get_item(Key={"batch_id": batch_id, "line": line}, ConsistentRead=True).get("Item")
+
+
+def chat_calls(sim) -> list:
+    return [call for call in sim.calls if call.path == CHAT_PATH]
+
+
+# -- results, once ---------------------------------------------------------------------------------
+
+
+def test_each_request_is_sent_once_and_its_result_recorded(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a", "alpha"), request("b", "beta"), request("c", "gamma"))
+
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert sorted(call.body["messages"][0]["content"] for call in chat_calls(sim)) == [
+        "alpha",
+        "beta",
+        "gamma",
+    ]
+    assert all(call.status == 200 for call in chat_calls(sim))
+    results = outcomes(store, batch_id)
+    assert sorted(results) == [1, 2, 3]
+    for line, custom_id, text in ((1, "a", "alpha"), (2, "b", "beta"), (3, "c", "gamma")):
+        result = results[line]
+        assert result["ok"] is True
+        assert result["custom_id"] == custom_id
+        assert result["outcome"]["custom_id"] == custom_id
+        assert result["outcome"]["error"] is None
+        assert result["outcome"]["response"]["status_code"] == 200
+        body = result["outcome"]["response"]["body"]
+        assert body["choices"][0]["message"]["content"] == f"echo: {text}"
+        assert result["outcome"]["response"]["request_id"] == body["id"]
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (3, 0)
+    assert batch["status"] == batches.FINALIZING, "the last result hands the batch to the finalizer"
+
+
+def test_a_message_delivered_twice_is_recorded_once_and_sent_to_xai_once(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"), request("b"))
+    batch_worker.handle(sqs_event(messages[:1]), LambdaContext())
+    first = outcomes(store, batch_id)[1]
+    assert len(chat_calls(sim)) == 1
+
+    # SQS delivers the first message again, beside the second
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert len(chat_calls(sim)) == 2, "only the second message went to xAI"
+    assert chat_calls(sim)[1].body["messages"][0]["content"] == "hello"
+    results = outcomes(store, batch_id)
+    assert results[1]["outcome"] == first["outcome"], "the first result stays as it was"
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (2, 0), "counted once each"
+
+
+def test_two_copies_of_a_message_in_one_invocation_run_once_and_the_copy_comes_back(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"), request("b"))
+    copy = {**messages[0], "MessageId": "copy-of-" + messages[0]["MessageId"]}
+
+    response = batch_worker.handle(sqs_event([messages[0], copy, messages[1]]), LambdaContext())
+
+    assert returned(response) == {copy["MessageId"]}, "the copy comes back to find the first's result"
+    assert len(chat_calls(sim)) == 2, "xAI is asked once per request"
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (2, 0)
+
+
+def test_results_of_one_request_in_one_record_call_count_once(store, start_batch):
+    batch_id, _ = start_batch(request("a"), request("b"))
+    result = {"batch_id": batch_id, "line": 1, "custom_id": "a", "ok": True, "expires_at": 0}
+
+    assert store.record([{**result, "outcome": '"first"'}, {**result, "outcome": '"second"'}]) == 1
+
+    assert outcomes(store, batch_id)[1]["outcome"] == "first"
+    assert store.get(batch_id)["done"] == 1
+
+
+def test_concurrent_records_of_one_request_store_one_result_and_count_it_once(store, start_batch):
+    batch_id, _ = start_batch(request("a"), request("b"))
+    go = threading.Barrier(8)
+    recorded: list[int] = []
+
+    def record(n: int) -> None:
+        own = batches.BatchStore(store.batches_table, store.items_table)
+        result = {"batch_id": batch_id, "line": 1, "custom_id": "a", "ok": True, "outcome": f"result {n}"}
+        go.wait()
+        recorded.append(own.record([{**result, "expires_at": 0}]))
+
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert sorted(recorded) == [0] * 7 + [1]
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (1, 0)
+    (result,) = store.results(batch_id)
+    assert result["outcome"].startswith("result ")
+
+
+def test_a_body_stored_in_s3_reaches_xai_whole(sim, store, start_batch):
+    big = request("big", "z" * (INLINE_BODY_BYTES + 100))
+    batch_id, messages = start_batch(big)
+    assert "body_key" in json.loads(messages[0]["Body"]), "precondition: the body travels by reference"
+
+    assert batch_worker.handle(sqs_event(messages), LambdaContext()) == {"batchItemFailures": []}
+
+    (call,) = chat_calls(sim)
+    assert call.body == big["body"]
+    assert outcomes(store, batch_id)[1]["ok"] is True
+
+
+# -- refusals and faults ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        pytest.param({"model": "gpt-4o"}, 404, "model_not_found", id="unknown-model"),
+        pytest.param({"deferred": "yes"}, 400, "invalid_argument", id="bad-field"),
+    ],
+)
+def test_a_request_xai_refuses_becomes_an_error_line_without_a_retry(
+    sim, store, start_batch, body, status, code
+):
+    line = request("refused")
+    line["body"].update(body)
+    batch_id, messages = start_batch(line)
+
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+
+    assert response == {"batchItemFailures": []}, "a 4xx is final: the message is not returned"
+    assert [call.status for call in chat_calls(sim)] == [status]
+    result = outcomes(store, batch_id)[1]
+    assert result["ok"] is False
+    assert result["outcome"]["custom_id"] == "refused"
+    assert result["outcome"]["response"]["status_code"] == status
+    assert result["outcome"]["response"]["body"]["error"]["code"] == code
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (1, 1)
+
+
+def test_a_429_returns_the_message_for_the_wait_xai_asked_and_holds_back_every_worker(
+    sim, store, start_batch, work_queue, batch_settings
+):
+    batch_id, messages = start_batch(request("a"))
+    sim.inject(CHAT_PATH, 429)  # answered with Retry-After: 1
+
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+    returned_at = time.time()
+    visible_at_once = deliveries(work_queue)
+
+    assert returned(response) == {messages[0]["MessageId"]}
+    assert visible_at_once == [], "not visible before the wait is over"
+    assert [call.status for call in chat_calls(sim)] == [429]
+    assert item(batch_settings, batch_id, 1) is None, "a 429 is no failed attempt and no result"
+    # The shared limiter holds everyone back: the block, just after the 429, fills the second after it
+    limiter = upstream.chat_limiter()
+    window = math.floor(chat_calls(sim)[0].time / limiter.window_seconds) + 1
+    table = boto3.resource("dynamodb").Table(batch_settings.limits_table)
+    blocked = table.get_item(Key={"id": f"{upstream.CHAT_SCOPE}#{window}"}, ConsistentRead=True)["Item"]
+    assert blocked["used"] == limiter.capacity
+    time.sleep(max(0.0, returned_at + 1.2 - time.time()))
+    again = deliveries(work_queue)
+    assert [m["MessageId"] for m in again] == [messages[0]["MessageId"]]
+    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
+    assert store.get(batch_id)["done"] == 0
+
+
+def test_a_429_under_a_low_request_limit_fills_the_windows_of_the_limit_xai_states(
+    sim, store, start_batch, batch_settings, xai
+):
+    sim.update(requests_per_minute=1)
+    xai.chat({"model": "grok-4", "messages": [{"role": "user", "content": "use the one request"}]})
+    batch_id, messages = start_batch(request("a"))
+
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+
+    assert returned(response) == {messages[0]["MessageId"]}
+    assert [call.status for call in chat_calls(sim)] == [200, 429]
+    retry_after = 60
+    limiter = upstream.chat_limiter()
+    assert limiter.capacity == 1 and limiter.window_seconds == 60, "corrected from x-ratelimit-limit-requests"
+    now = time.time()
+    table = boto3.resource("dynamodb").Table(batch_settings.limits_table)
+    first = math.floor(now / limiter.window_seconds)
+    last = math.floor((now + min(retry_after, MAX_BLOCK_SECONDS) - 10) / limiter.window_seconds)
+    for window in range(first, last + 1):
+        item = table.get_item(Key={"id": f"{upstream.CHAT_SCOPE}#{window}"}, ConsistentRead=True).get("Item")
+        assert item is not None and item["used"] >= limiter.capacity, f"window {window} must be full"
+    assert limiter.try_acquire(tokens=1) > 0
+    assert store.get(batch_id)["done"] == 0
+
+
+def test_the_shared_limiter_returns_a_message_instead_of_sleeping(
+    sim, store, start_batch, work_queue, monkeypatch, batch_settings
+):
+    monkeypatch.setenv("CHAT_REQUESTS_PER_MINUTE", "60")  # one request per one-second window
+    from xjobs.settings import get_settings
+
+    get_settings.cache_clear()
+    batch_id, messages = start_batch(request("a"), request("b"))
+    upstream.chat_limiter().try_acquire()  # this second's request is taken
+
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+    returned_at = time.time()
+
+    # At most one of the two fits the next window (if it opened meanwhile); a worker that slept through
+    # the waits would have sent both and returned none.
+    assert len(returned(response)) >= 1
+    assert len(chat_calls(sim)) == 2 - len(returned(response))
+    assert store.get(batch_id)["done"] == len(chat_calls(sim))
+    time.sleep(max(0.0, returned_at + 1.2 - time.time()))
+    assert {m["MessageId"] for m in deliveries(work_queue)} == returned(response), "back after the window"
+
+
+def test_5xx_answers_are_retried_later_until_the_attempts_run_out(sim, store, start_batch, batch_settings):
+    sim.update(error_500_rate=1.0)
+    batch_id, messages = start_batch(request("a"))
+    event = sqs_event(messages)
+    max_attempts = batch_settings.batch_max_attempts
+
+    for attempt in range(1, max_attempts):
+        response = batch_worker.handle(event, LambdaContext())
+        assert returned(response) == {messages[0]["MessageId"]}
+        assert item(batch_settings, batch_id, 1)["attempts"] == attempt
+        assert "outcome" not in item(batch_settings, batch_id, 1)
+    response = batch_worker.handle(event, LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert [call.status for call in chat_calls(sim)] == [500] * max_attempts
+    result = outcomes(store, batch_id)[1]
+    assert result["ok"] is False
+    assert result["outcome"]["error"]["code"] == "upstream_unavailable"
+    assert f"{max_attempts} attempts" in result["outcome"]["error"]["message"]
+    assert result["attempts"] == max_attempts
+    assert (store.get(batch_id)["done"], store.get(batch_id)["failed"]) == (1, 1)
+
+
+def test_a_5xx_comes_back_after_a_backoff_and_its_success_is_recorded(
+    sim, store, start_batch, work_queue, batch_settings
+):
+    batch_id, messages = start_batch(request("a"))
+    sim.inject(CHAT_PATH, 503)
+
+    first = batch_worker.handle(sqs_event(messages), LambdaContext())
+    returned_at = time.time()
+    visible_at_once = deliveries(work_queue)
+
+    assert returned(first) == {messages[0]["MessageId"]}
+    assert visible_at_once == [], "not before the backoff"
+    again = []
+    while not again and time.time() < returned_at + 3:  # the first backoff is 1 to 2 s
+        time.sleep(0.2)
+        again = deliveries(work_queue)
+    assert [m["MessageId"] for m in again] == [messages[0]["MessageId"]], (
+        "the backoff is a visibility timeout"
+    )
+    second = batch_worker.handle(sqs_event(again), LambdaContext())
+    assert second == {"batchItemFailures": []}
+    assert [call.status for call in chat_calls(sim)] == [503, 200]
+    result = outcomes(store, batch_id)[1]
+    assert result["ok"] is True
+    assert result["attempts"] == 1
+
+
+# -- cancelled, expired, dead letters --------------------------------------------------------------
+
+
+def test_requests_of_a_cancelled_batch_become_error_lines_without_calling_xai(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"), request("b"))
+    store.cancel(batch_id, batch_ingest.DIRECT_UPLOAD_TENANT)
+
+    response = batch_worker.handle(sqs_event(messages), LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert chat_calls(sim) == []
+    results = outcomes(store, batch_id)
+    assert {line: r["outcome"]["error"]["code"] for line, r in results.items()} == {
+        1: "batch_cancelled",
+        2: "batch_cancelled",
+    }
+    assert [r["outcome"]["custom_id"] for r in results.values()] == ["a", "b"]
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (2, 2)
+    assert batch["status"] == batches.FINALIZING
+
+
+def test_requests_of_an_expired_batch_become_error_lines_without_calling_xai(
+    sim, store, start_batch, batch_settings
+):
+    batch_id, messages = start_batch(request("a"))
+    store.table.update_item(
+        Key={"id": batch_id},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": 1},
+    )
+
+    assert batch_worker.handle(sqs_event(messages), LambdaContext()) == {"batchItemFailures": []}
+
+    assert chat_calls(sim) == []
+    assert outcomes(store, batch_id)[1]["outcome"]["error"]["code"] == "batch_expired"
+
+
+def test_a_dead_letter_becomes_an_error_line_so_the_batch_ends(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"), request("b"))
+    batch_worker.handle(sqs_event(messages[:1]), LambdaContext())
+    dead = dict(messages[1], Attributes={**messages[1]["Attributes"], "ApproximateReceiveCount": "30"})
+
+    response = batch_worker.handle_dead_letters(sqs_event([dead]), LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert len(chat_calls(sim)) == 1
+    result = outcomes(store, batch_id)[2]
+    assert result["outcome"]["error"]["code"] == "delivery_failed"
+    assert "30 times" in result["outcome"]["error"]["message"]
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"], batch["status"]) == (2, 1, batches.FINALIZING)
+
+
+def test_a_dead_letter_of_a_request_that_has_its_result_changes_nothing(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"), request("b"))
+    batch_worker.handle(sqs_event(messages[:1]), LambdaContext())
+
+    batch_worker.handle_dead_letters(sqs_event(messages[:1]), LambdaContext())
+
+    assert outcomes(store, batch_id)[1]["ok"] is True
+    assert (store.get(batch_id)["done"], store.get(batch_id)["failed"]) == (1, 0)
+
+
+# -- claim_finalize --------------------------------------------------------------------------------
+
+
+def finished_batch(store: batches.BatchStore, **fields) -> str:
+    batch = batches.new_batch(
+        f"batch_{uuid.uuid4().hex.upper()[:26]}",
+        tenant="t",
+        input_key="batches/incoming/x.jsonl",
+        input_file_id=None,
+        window_seconds=3600,
+        metadata={},
+    )
+    store.create(
+        {**batch, "status": batches.IN_PROGRESS, "ingested": True, "enqueued": 5, "done": 5, **fields}
+    )
+    return batch["id"]
+
+
+def test_claim_finalize_wins_exactly_once_among_concurrent_callers(store):
+    batch_id = finished_batch(store)
+    go = threading.Barrier(12)
+    wins: list[bool] = []
+
+    def claim() -> None:
+        own = batches.BatchStore(store.batches_table, store.items_table)
+        go.wait()
+        wins.append(own.claim_finalize(batch_id))
+
+    threads = [threading.Thread(target=claim) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert sorted(wins) == [False] * 11 + [True]
+    assert store.get(batch_id)["status"] == batches.FINALIZING
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"done": 4}, id="a-request-outstanding"),
+        pytest.param({"ingested": False}, id="ingest-not-finished"),
+        pytest.param({"status": batches.COMPLETED}, id="already-ended"),
+    ],
+)
+def test_claim_finalize_refuses_a_batch_that_is_not_done(store, fields):
+    batch_id = finished_batch(store, **fields)
+
+    assert store.claim_finalize(batch_id) is False
+    assert store.get(batch_id)["status"] == fields.get("status", batches.IN_PROGRESS)
