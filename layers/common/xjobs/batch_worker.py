@@ -92,6 +92,8 @@ class _Work:
         self.repeats = {r["messageId"] for r in records} - set(first.values())
         unique = [m for r, m in zip(records, messages, strict=True) if r["messageId"] not in self.repeats]
         to_run = [m for m in unique if self._verdict(m) is None]
+        # The key is read here, once, not by each of the request threads at a cold start.
+        self.xai = _client() if to_run else None
         # One limiter call for the whole SQS batch when it fits the window; else one per request.
         self.admitted = bool(to_run) and not chat_limiter().try_acquire(
             tokens=sum(m["tokens"] for m in to_run), requests=len(to_run)
@@ -131,7 +133,7 @@ class _Work:
                 _return_later(record, wait)
         body = message.get("body") or self._stored_body(message["body_key"])
         try:
-            reply = _client().chat(body, timeout=self._time_left())
+            reply = self.xai.chat(body, timeout=self._time_left())
         except XaiRateLimited as exc:
             learn_limits(exc.limits)
             # Block the windows of the limit xAI just stated (when it stated one): the windows every
