@@ -8,6 +8,8 @@ Baseline, in the same run: the xAI docs' poller (submit, then read the status ev
 failed, for at most 300 s), 50 of them at once in threads, against a fresh simulator with the same
 configuration and seed, so the same 50 (duration, failure) draws.
 
+Our side also records what it did on AWS (bench/cost.py), which the cost benchmark prices.
+
 Status calls are counted from each simulator's call log (GET /v1/videos/<request id>); a detection
 delay is the time the end was noticed minus the time the simulator finished the job. To explain the
 figures, each job also records when xAI got its submit and how long after that the first status call
@@ -26,7 +28,8 @@ from local.stack import LocalStack
 from local.xai_simulator import SimulatorConfig, XaiSimulator
 from xjobs.loop import next_wait
 
-from .common import row, run_metadata, summarize
+from . import cost
+from .common import observer, row, run_metadata, summarize
 
 JOBS = 50
 SIMULATOR = SimulatorConfig(
@@ -92,6 +95,7 @@ def run_ours(parameters: dict[str, str], upstream_callbacks: bool, timeout: floa
         parameters=parameters, simulator=SIMULATOR, upstream_callbacks=upstream_callbacks
     ).start()
     try:
+        meter = cost.Meter(stack)
         api = httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=60)
 
         def submit(_) -> tuple[str, float]:
@@ -125,7 +129,10 @@ def run_ours(parameters: dict[str, str], upstream_callbacks: bool, timeout: floa
                 float(news) / 1000 - finished if news is not None and finished is not None else None
             )
         values = stack.parameter_values
+        completed = sum(1 for figure in figures if figure["status"] == "completed")
         return {
+            "cost_counts": meter.counts(),
+            "cost_work": cost.video_work(JOBS, {"480p": completed * VIDEO["duration"]}),
             "jobs": figures,
             "submit_window_s": submit_window,
             "monitor_busy_s": monitor_busy,
@@ -153,7 +160,7 @@ def _watch(stack: LocalStack, job_ids: list[str], deadline: float) -> tuple[dict
     job is read once a second; every MONITOR_INTERVAL only those whose xAI job has ended, the ones
     about to turn terminal. Returns the records and the seconds spent reading.
     """
-    dynamodb = stack.session.resource("dynamodb", endpoint_url=stack.aws_endpoint)
+    dynamodb = observer(stack, "dynamodb", resource=True)
     table = stack.resources.physical["JobsTable"]
     items: dict[str, dict] = {}
     waiting = set(job_ids)
@@ -197,7 +204,7 @@ def _xai_ended(stack: LocalStack, items: dict[str, dict], waiting: set[str]) -> 
 
 def _wait_for_executions(stack: LocalStack, deadline: float) -> None:
     """Let the executions finish (Finish publishes to SNS) before the emulator is stopped."""
-    sfn = stack.client("stepfunctions")
+    sfn = observer(stack, "stepfunctions")
     machine = stack.resources.physical["JobStateMachine"]
     while time.time() < deadline:
         if not sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING")["executions"]:
@@ -271,6 +278,7 @@ def measure(
     started = time.time()
     ours = run_ours(parameters, upstream_callbacks, timeout)
     ours_seconds = time.time() - started
+    counts, work = ours.pop("cost_counts"), ours.pop("cost_work")
     baseline = run_baseline()
     baseline_seconds = time.time() - started - ours_seconds
     return {
@@ -280,6 +288,8 @@ def measure(
         "baseline_poller": {"interval_s": BASELINE_INTERVAL, "timeout_s": BASELINE_TIMEOUT},
         "ours": {**_stats(ours), "seconds": ours_seconds, **ours},
         "baseline": {**_stats(baseline), "seconds": baseline_seconds, **baseline},
+        "cost_counts": counts,  # what our side did on AWS, priced by the cost benchmark
+        "cost_work": work,
     }
 
 
