@@ -194,19 +194,16 @@ def dynamodb(aws_endpoint: str):
     return boto3.client("dynamodb", endpoint_url=aws_endpoint)
 
 
-@pytest.fixture(scope="session")
-def jobs_table(dynamodb) -> str:
-    """A table shaped like the template's JobsTable; returns its name."""
-    name = f"jobs-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "id", "AttributeType": "S"},
-            {"AttributeName": "tenant", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
+def _create_table(dynamodb, prefix: str, hash_key: tuple[str, str], range_key=None, by_tenant=False) -> str:
+    """A pay-per-request table keyed by (name, type) pairs, with the template's by-tenant index when
+    asked; returns its name."""
+    keys = [hash_key] + ([range_key] if range_key else [])
+    attributes = dict(keys)
+    spec = {"KeySchema": [{"AttributeName": name, "KeyType": "HASH"} for name, _ in keys[:1]]}
+    spec["KeySchema"] += [{"AttributeName": name, "KeyType": "RANGE"} for name, _ in keys[1:]]
+    if by_tenant:
+        attributes["tenant"] = "S"
+        spec["GlobalSecondaryIndexes"] = [
             {
                 "IndexName": "by-tenant",
                 "KeySchema": [
@@ -215,24 +212,28 @@ def jobs_table(dynamodb) -> str:
                 ],
                 "Projection": {"ProjectionType": "ALL"},
             }
-        ],
+        ]
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in attributes.items()],
+        **spec,
     )
     dynamodb.get_waiter("table_exists").wait(TableName=name)
     return name
 
 
 @pytest.fixture(scope="session")
+def jobs_table(dynamodb) -> str:
+    """A table shaped like the template's JobsTable; returns its name."""
+    return _create_table(dynamodb, "jobs", ("id", "S"), by_tenant=True)
+
+
+@pytest.fixture(scope="session")
 def limits_table(dynamodb) -> str:
     """A table shaped like the template's LimitsTable; returns its name."""
-    name = f"limits-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-    )
-    dynamodb.get_waiter("table_exists").wait(TableName=name)
-    return name
+    return _create_table(dynamodb, "limits", ("id", "S"))
 
 
 @pytest.fixture
@@ -247,48 +248,13 @@ def unique() -> Callable[[str], str]:
 @pytest.fixture(scope="session")
 def batches_table(dynamodb) -> str:
     """A table shaped like the template's BatchesTable; returns its name."""
-    name = f"batches-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "id", "AttributeType": "S"},
-            {"AttributeName": "tenant", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by-tenant",
-                "KeySchema": [
-                    {"AttributeName": "tenant", "KeyType": "HASH"},
-                    {"AttributeName": "id", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-    dynamodb.get_waiter("table_exists").wait(TableName=name)
-    return name
+    return _create_table(dynamodb, "batches", ("id", "S"), by_tenant=True)
 
 
 @pytest.fixture(scope="session")
 def batch_items_table(dynamodb) -> str:
     """A table shaped like the template's BatchItemsTable; returns its name."""
-    name = f"batch-items-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "batch_id", "AttributeType": "S"},
-            {"AttributeName": "line", "AttributeType": "N"},
-        ],
-        KeySchema=[
-            {"AttributeName": "batch_id", "KeyType": "HASH"},
-            {"AttributeName": "line", "KeyType": "RANGE"},
-        ],
-    )
-    dynamodb.get_waiter("table_exists").wait(TableName=name)
-    return name
+    return _create_table(dynamodb, "batch-items", ("batch_id", "S"), range_key=("line", "N"))
 
 
 @pytest.fixture(scope="session")
@@ -413,13 +379,7 @@ def batch_settings(
 
     from xjobs import batch_ingest, settings, upstream
 
-    limits = f"limits-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=limits,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-    )
+    limits = _create_table(dynamodb, "limits", ("id", "S"))
     environment = {
         "JOBS_TABLE": jobs_table,
         "IDEMPOTENCY_TABLE": "unused-idempotency",
