@@ -45,6 +45,17 @@ def page_limit(params: dict) -> int:
     return limit
 
 
+def list_page(data: list[dict], has_more: bool) -> dict:
+    """A page of a list route, in OpenAI's list shape."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
 def _store() -> jobs.JobStore:
     return jobs.JobStore(get_settings().jobs_table)
 
@@ -87,14 +98,7 @@ def list_jobs():
     found, has_more = _store().list(
         tenant_of(router), status=status, limit=page_limit(params), after=params.get("after")
     )
-    data = [job_view(job, with_result=False) for job in found]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return list_page([job_view(job, with_result=False) for job in found], has_more)
 
 
 @router.post("/v1/jobs/<job_id>/cancel")

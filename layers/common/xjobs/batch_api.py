@@ -1,19 +1,18 @@
 """HTTP routes for batch input files and batches (shaped like OpenAI's Files and Batch APIs)."""
 
 import hashlib
-import json
 from typing import Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import aws, batches
-from .api import page_limit, tenant_of
+from .api import list_page, page_limit, tenant_of
 from .batch_ingest import INCOMING_PREFIX
 from .ids import new_id
-from .models import BadRequest, describe_validation_error
+from .models import BadRequest, validate_body
 from .settings import get_settings
 from .submission import IdempotencyKeyReused
 from .views import batch_view
@@ -47,17 +46,7 @@ class NewBatch(BaseModel):
 
 
 def _body(model: type[BaseModel]):
-    raw = router.current_event.body or "{}"
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest(describe_validation_error(exc)) from None
+    return validate_body(model, router.current_event.body or "{}")
 
 
 def _file_key(tenant: str, file_id: str) -> str:
@@ -154,14 +143,7 @@ def get_batch(batch_id: str):
 def list_batches():
     params = router.current_event.query_string_parameters or {}
     found, has_more = _store().list(tenant_of(router), limit=page_limit(params), after=params.get("after"))
-    data = [batch_view(batch, links=False) for batch in found]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return list_page([batch_view(batch, links=False) for batch in found], has_more)
 
 
 @router.post("/v1/batches/<batch_id>/cancel")

@@ -88,6 +88,14 @@ def parse_job_request(kind: str, raw_body: str | None) -> _JobOptions:
         raise BadRequest("the request body is empty; send a JSON object")
     if len(raw_body.encode()) > MAX_BODY_BYTES:
         raise BadRequest(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    request = validate_body(REQUEST_MODELS[kind], raw_body)
+    if isinstance(request, DeferredChat) and not request.deferred:
+        raise BadRequest("field 'deferred': must be true (this API runs deferred completions only)")
+    return request
+
+
+def validate_body(model: type[BaseModel], raw_body: str):
+    """The JSON object in the body as a `model`; raises BadRequest naming what is wrong."""
     try:
         data = json.loads(raw_body)
     except json.JSONDecodeError as exc:
@@ -95,12 +103,9 @@ def parse_job_request(kind: str, raw_body: str | None) -> _JobOptions:
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:
-        request = REQUEST_MODELS[kind].model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc)) from None
-    if isinstance(request, DeferredChat) and not request.deferred:
-        raise BadRequest("field 'deferred': must be true (this API runs deferred completions only)")
-    return request
 
 
 def describe_validation_error(exc: ValidationError) -> str:
