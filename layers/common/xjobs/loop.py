@@ -10,6 +10,7 @@ from aws_lambda_powertools import Logger
 
 from . import aws, jobs, notify
 from .batch_lines import estimated_tokens
+from .durations import Durations, next_poll_in, profile
 from .limiter import RateLimiter
 from .notify import callback_url
 from .settings import get_settings
@@ -28,9 +29,15 @@ NOTIFIED_FLAG = "notified_at"
 WEBHOOK_FLAG = "webhook_delivered_at"
 
 
-def next_wait(polls: int, seconds_left: float, min_wait: int, max_wait: int) -> int:
-    """Seconds until the next poll: short at first, growing to a cap, spread to fit the poll budget."""
-    wait = min(max_wait, min_wait * WAIT_GROWTH ** max(0, polls - 1))
+def next_wait(
+    polls: int, seconds_left: float, min_wait: int, max_wait: int, learned: float | None = None
+) -> int:
+    """Seconds until the next poll, spread to fit the poll budget: `learned` (from how long such jobs
+    take, see durations.py) up to the cap or, without it, short at first and growing to the cap."""
+    if learned is None:
+        wait = min(max_wait, min_wait * WAIT_GROWTH ** max(0, polls - 1))
+    else:
+        wait = round(min(max_wait, learned))
     polls_left = max(1, MAX_POLLS - polls)
     if seconds_left > max_wait * polls_left / 2:
         # Capped waits might not reach the deadline within the budget: spread what is left over it.
@@ -50,8 +57,12 @@ def poll(job_id: str, polls: int) -> dict:
     def result(finished: bool, wait: float = 0, *, submitted: bool = False) -> dict:
         left = job["deadline"] - time.time()
         if not finished:
+            learned = _learned_wait(job, settings) if submitted else None
             wait = max(
-                wait, next_wait(polls, left, settings.poll_min_wait_seconds, settings.poll_max_wait_seconds)
+                wait,
+                next_wait(
+                    polls, left, settings.poll_min_wait_seconds, settings.poll_max_wait_seconds, learned
+                ),
             )
             if settings.callback_base_url and submitted:
                 # The upstream's callback wakes the loop; this wait is only the fallback poll.
@@ -101,7 +112,8 @@ def poll(job_id: str, polls: int) -> dict:
     store.record_poll(job_id, None)
     if status.state == "done":
         stored = _store_result(job, status, client)
-        store.advance(job_id, jobs.COMPLETED, progress=100, **stored)
+        if store.advance(job_id, jobs.COMPLETED, progress=100, **stored):
+            _learn_duration(job, settings)
     else:
         store.advance(job_id, jobs.FAILED, error=status.error)
     return result(True)
@@ -129,12 +141,43 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         store.advance(job["id"], jobs.FAILED, error={"code": exc.code, "message": exc.message})
         return result(True)
     logger.info("submitted to xAI", extra={"job_id": job["id"], "xai_request_id": request_id})
-    if store.advance(job["id"], jobs.PROCESSING, xai_request_id=request_id, polled_at=jobs.now_ms()) is None:
+    submitted_at = jobs.now_ms()
+    if (
+        store.advance(
+            job["id"],
+            jobs.PROCESSING,
+            xai_request_id=request_id,
+            polled_at=submitted_at,
+            submitted_at=submitted_at,
+        )
+        is None
+    ):
         # Cancelled or timed out while the submit was in flight.
         job["xai_request_id"] = request_id
         _cancel_upstream(job)
         return result(True)
+    job["submitted_at"] = submitted_at
     return result(False, submitted=True)
+
+
+def _learned_wait(job: dict, settings) -> float | None:
+    """Seconds until the next status call as the job's profile has learned them, if it has."""
+    if "submitted_at" not in job:
+        return None  # submitted before xjobs kept the time
+    fit = Durations(settings.limits_table).fit(profile(job))
+    if fit is None:
+        return None
+    return next_poll_in(fit, time.time() - job["submitted_at"] / 1000)
+
+
+def _learn_duration(job: dict, settings) -> None:
+    """Teach the job's profile how long xAI took: until the upstream's callback if one came, else
+    until halfway between the last status call that saw it pending and the one that saw it done."""
+    if "submitted_at" not in job:
+        return  # submitted before xjobs kept the time
+    news, polled = job.get("news_at", 0), job["polled_at"]
+    finished_ms = news if news > polled else (polled + jobs.now_ms()) / 2
+    Durations(settings.limits_table).learn(profile(job), (finished_ms - job["submitted_at"]) / 1000)
 
 
 def _store_result(job: dict, status, client) -> dict:
