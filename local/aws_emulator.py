@@ -10,6 +10,10 @@ moto makes TransactWriteItems undoable by deep-copying every table it touches, b
 transaction: time and memory grow with the table (a 10,000-request batch's results took gigabytes).
 Here it keeps a copy of only the items the transaction writes, and puts those back if it fails.
 
+Three of moto's costs are paid once instead of on every request (see _pay_moto_setup_costs_once):
+with a thousand jobs in flight they took most of the process's CPU and held the DynamoDB lock for
+minutes.
+
 Every request is counted by "service:Action" (for the cost benchmark, bench/cost.py): the service comes
 from the request's SigV4 credential scope, the action from X-Amz-Target (JSON protocols: DynamoDB, SQS,
 Step Functions, Secrets Manager), from the Action parameter (query protocols: SNS, SQS query) or from
@@ -46,6 +50,7 @@ class AwsEmulator(ThreadedMotoServer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _roll_back_transactions_item_by_item()
+        _pay_moto_setup_costs_once()
         self._count_lock = threading.Lock()
         self._counts: Counter = Counter()
         self._observer_counts: Counter = Counter()
@@ -330,3 +335,54 @@ def _roll_back_transactions_item_by_item() -> None:
             del Table.__deepcopy__
 
     DynamoDBBackend.transact_write_items = patched
+
+
+_setup_costs_patched = False
+
+
+def _pay_moto_setup_costs_once() -> None:
+    """Caches for what moto rebuilds on every request although it never changes.
+
+    - The dispatcher lists moto's package directory (~180 stat calls, each releasing the GIL) on every
+      request to find its service, under its global lock, and here inside the DynamoDB lock.
+    - The Step Functions interpreter builds a new boto3 client (service model, hooks, SSL context, a
+      new connection) for every Lambda task attempt: one client per (region, service) instead.
+    - It parses every JSONPath anew, and jsonpath_ng rebuilds its yacc parser for each parse; a parsed
+      path is immutable, so one parse per path string.
+    """
+    global _setup_costs_patched
+    if _setup_costs_patched:
+        return
+    _setup_costs_patched = True
+    import functools
+    import sys
+
+    from botocore.config import Config
+    from moto import backends
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    json_path.parse = functools.lru_cache(maxsize=4096)(json_path.parse)
+    result_path.parse = functools.lru_cache(maxsize=4096)(result_path.parse)
+
+    # Many executions invoke at once through the one client: a pooled connection each, as they had.
+    boto_client.Config = functools.partial(Config, max_pool_connections=1000)
+    build_client = boto_client.boto_client_for
+    clients: dict[tuple[str, str], object] = {}
+    clients_lock = threading.Lock()
+
+    def shared_client(region: str, service: str, state_credentials=None):
+        with clients_lock:  # built once, not by every execution that starts at the same moment
+            if (region, service) not in clients:
+                clients[(region, service)] = build_client(region, service, state_credentials)
+            return clients[(region, service)]
+
+    boto_client.boto_client_for = shared_client
+    for name, module in list(sys.modules.items()):
+        if (
+            name.startswith("moto.stepfunctions.parser")
+            and getattr(module, "boto_client_for", None) is build_client
+        ):
+            module.boto_client_for = shared_client

@@ -26,7 +26,7 @@ MIN_SAMPLES = 10  # fewer than this, and the poll keeps its fixed schedule
 FINISH_CHANCE = 0.22
 AGE_SHARE = 0.1
 MIN_SIGMA = 0.1  # of log-seconds: never trust a fit narrower than about ±10%
-CACHE_SECONDS = 60
+CACHE_SECONDS = 10  # a profile's first fits come from its fastest jobs: follow the rest soon
 _DAY = 86400
 
 _fits: dict[str, tuple[float, NormalDist]] = {}  # per container: profile -> (read at, fit)
