@@ -48,6 +48,7 @@ class SimulatorConfig:
     chat_latency_sigma: float = 0.3
     video_duration_median: float = 2.0
     video_duration_sigma: float = 0.5
+    video_submit_latency: float = 0.0  # seconds a video submit takes to be answered
     deferred_chat_duration: float = 0.5
     video_failure_rate: float = 0.0
     requests_per_minute: int = 0
@@ -718,6 +719,7 @@ class XaiSimulator:
             raise _invalid("image", "must be an object with a url")
         self._admit_video(request.config)
         config = request.config
+        self._sleep(config.video_submit_latency)
         with self._lock:
             fails = self._rng.random() < config.video_failure_rate
         job = self._add_job(

@@ -142,21 +142,31 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         return result(True)
     logger.info("submitted to xAI", extra={"job_id": job["id"], "xai_request_id": request_id})
     submitted_at = jobs.now_ms()
-    if (
-        store.advance(
-            job["id"],
-            jobs.PROCESSING,
-            xai_request_id=request_id,
-            polled_at=submitted_at,
-            submitted_at=submitted_at,
-        )
-        is None
-    ):
-        # Cancelled or timed out while the submit was in flight.
-        job["xai_request_id"] = request_id
-        _cancel_upstream(job)
-        return result(True)
+    advanced = store.advance(
+        job["id"],
+        jobs.PROCESSING,
+        xai_request_id=request_id,
+        polled_at=submitted_at,
+        submitted_at=submitted_at,
+    )
+    if advanced is None:
+        return _lost_submit_race(store, job, request_id, result)
     job["submitted_at"] = submitted_at
+    return result(False, submitted=True)
+
+
+def _lost_submit_race(store: jobs.JobStore, job: dict, request_id: str, result) -> dict:
+    """The job moved on while our submit was in flight: it was cancelled or timed out, or another
+    attempt of this Poll (a retried invoke while the first still ran) submitted it first. Either way
+    our xAI request is not the job's: cancel it, then end or keep polling the job's."""
+    _cancel_request(job, request_id)
+    current = store.get(job["id"])
+    if current is None or current["status"] in jobs.TERMINAL:
+        return result(True)
+    logger.warning(
+        "another attempt submitted the job first", extra={"job_id": job["id"], "xai_request_id": request_id}
+    )
+    job.update(current)
     return result(False, submitted=True)
 
 
@@ -204,8 +214,12 @@ def _cancel_upstream(job: dict) -> None:
     store = jobs.JobStore(get_settings().jobs_table)
     if not store.claim(job["id"], "xai_cancel_requested_at"):
         return
+    _cancel_request(job, job["xai_request_id"])
+
+
+def _cancel_request(job: dict, request_id: str) -> None:
     try:
-        xai_client().cancel(job["kind"], job["xai_request_id"])
+        xai_client().cancel(job["kind"], request_id)
     except XaiError as exc:  # best effort: xAI documents no cancel endpoint at all
         logger.info("xAI cancel not honoured", extra={"job_id": job["id"], "reason": str(exc)})
 
