@@ -6,7 +6,7 @@ terminal. First, WARMUP_JOBS jobs of the same kind (other draws of the same dist
 stack how long such jobs take, as the jobs before them would in production (layers/common/xjobs/
 durations.py); their calls are not counted.
 
-Baseline, in the same run, in its own process while our warm-up runs: the xAI docs' poller (submit,
+Baseline, in the same run, in its own process while ours runs: the xAI docs' poller (submit,
 then read the status every 5 s until done or failed, for at most 300 s), 50 of them at once in
 threads, against a fresh simulator with the same configuration and seed, so the same 50 (duration,
 failure) draws.
@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import httpx
 
@@ -99,11 +99,9 @@ def _job_figures(jobs: dict[str, dict], sim: XaiSimulator) -> list[dict]:
 # -- ours ----------------------------------------------------------------------------------------------
 
 
-def run_ours(
-    parameters: dict[str, str], upstream_callbacks: bool, timeout: float, warmup_jobs: int, baseline: Future
-) -> dict:
-    """The 50 jobs on a local stack, after `warmup_jobs` others and the `baseline` run have ended;
-    `timeout` is how long to wait for the 50 after the last submit."""
+def run_ours(parameters: dict[str, str], upstream_callbacks: bool, timeout: float, warmup_jobs: int) -> dict:
+    """The 50 jobs on a local stack, after `warmup_jobs` others have ended; `timeout` is how long to
+    wait for the 50 after the last submit."""
     stack = LocalStack(
         parameters=parameters, simulator=SIMULATOR, upstream_callbacks=upstream_callbacks
     ).start()
@@ -122,7 +120,6 @@ def run_ours(
             _watch(stack, warmup, deadline=time.time() + timeout)
             _wait_for_executions(stack, deadline=time.time() + 30)
         learned = _learned(stack)
-        wait([baseline])
         stack.simulator.reset()  # forget the warm-up's calls
         stack.simulator.update(random_seed=SIMULATOR.random_seed)
         meter = cost.Meter(stack)
@@ -313,8 +310,8 @@ def measure(
     timeout: float = OURS_TIMEOUT,
     warmup_jobs: int = WARMUP_JOBS,
 ) -> dict:
-    """The baseline (beside our warm-up), then ours (a local stack with these settings): the common
-    part of a result."""
+    """Ours (a local stack with these settings) and, meanwhile, the baseline: the common part of a
+    result."""
     # Loopback only: never let the stack pick up a real xAI endpoint from the shell.
     for name in ("XAI_BASE_URL", "XAI_API_KEY"):
         os.environ.pop(name, None)
@@ -322,7 +319,7 @@ def measure(
     # Its own process, so it shares no interpreter lock with the stack.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         baseline_run = pool.submit(run_baseline)
-        ours = run_ours(parameters, upstream_callbacks, timeout, warmup_jobs, baseline_run)
+        ours = run_ours(parameters, upstream_callbacks, timeout, warmup_jobs)
         baseline = baseline_run.result()
     seconds = time.time() - started
     counts, work = ours.pop("cost_counts"), ours.pop("cost_work")
@@ -395,7 +392,8 @@ def counts(result: dict) -> str:
         f"xAI submits: ours {ours['xai_submits']}, baseline {base['xai_submits']}; "
         f"429s: ours {ours['xai_rate_limited']}, baseline {base['xai_rate_limited']}. "
         f"Our {result['jobs']} API submits took {ours['submit_window_s']:.0f} s; wall time "
-        f"{result['seconds']:.0f} s, with our warm-up of {ours['warmup_jobs']} jobs beside the baseline."
+        f"{result['seconds']:.0f} s for ours (after a warm-up of {ours['warmup_jobs']} jobs) with the "
+        "baseline beside it."
     )
 
 

@@ -122,13 +122,15 @@ def learned(limits_table):
     durations._fits.clear()
 
 
-def test_nothing_is_fitted_before_enough_jobs_have_ended(learned, unique):
+def test_nothing_is_fitted_before_enough_jobs_have_ended(learned, unique, monkeypatch):
     name = unique("profile")
     for _ in range(MIN_SAMPLES - 1):
         learned.learn(name, 5.0)
 
     assert learned.fit(name) is None
     learned.learn(name, 5.0)
+    assert learned.fit(name) is None, "what was read is kept for CACHE_SECONDS"
+    monkeypatch.setattr(durations, "CACHE_SECONDS", 0)
     assert learned.fit(name) is not None
 
 

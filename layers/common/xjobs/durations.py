@@ -29,7 +29,7 @@ MIN_SIGMA = 0.1  # of log-seconds: never trust a fit narrower than about ±10%
 CACHE_SECONDS = 10  # a profile's first fits come from its fastest jobs: follow the rest soon
 _DAY = 86400
 
-_fits: dict[str, tuple[float, NormalDist]] = {}  # per container: profile -> (read at, fit)
+_fits: dict[str, tuple[float, NormalDist | None]] = {}  # per container: profile -> (read at, fit)
 
 
 def profile(job: dict) -> str:
@@ -95,11 +95,11 @@ class Durations:
         # Keys it could not read this time (throttling) count as no samples: the fit is an estimate.
         items = reply["Responses"].get(self.table_name, [])
         samples = sum(float(item["samples"]["N"]) for item in items)
-        if samples < MIN_SAMPLES:
-            return None  # not cached: the first jobs of a profile teach it quickly
-        mean = sum(float(item["log_sum"]["N"]) for item in items) / samples
-        square = sum(float(item["log_square_sum"]["N"]) for item in items) / samples
-        fit = NormalDist(mean, max(MIN_SIGMA, math.sqrt(max(0.0, square - mean * mean))))
+        fit = None
+        if samples >= MIN_SAMPLES:
+            mean = sum(float(item["log_sum"]["N"]) for item in items) / samples
+            square = sum(float(item["log_square_sum"]["N"]) for item in items) / samples
+            fit = NormalDist(mean, max(MIN_SIGMA, math.sqrt(max(0.0, square - mean * mean))))
         _fits[profile] = (now, fit)
         return fit
 
