@@ -99,9 +99,16 @@ def _job_figures(jobs: dict[str, dict], sim: XaiSimulator) -> list[dict]:
 # -- ours ----------------------------------------------------------------------------------------------
 
 
-def run_ours(parameters: dict[str, str], upstream_callbacks: bool, timeout: float, warmup_jobs: int) -> dict:
-    """The 50 jobs on a local stack, after `warmup_jobs` others have ended; `timeout` is how long to
-    wait for the 50 after the last submit."""
+def run_ours(
+    parameters: dict[str, str],
+    upstream_callbacks: bool,
+    timeout: float,
+    warmup_jobs: int,
+    warmup_median_s: float | None,
+) -> dict:
+    """The 50 jobs on a local stack, after `warmup_jobs` others have ended (lasting `warmup_median_s`,
+    if given, instead of the benchmark's median); `timeout` is how long to wait for the 50 after the
+    last submit."""
     stack = LocalStack(
         parameters=parameters, simulator=SIMULATOR, upstream_callbacks=upstream_callbacks
     ).start()
@@ -114,14 +121,19 @@ def run_ours(parameters: dict[str, str], upstream_callbacks: bool, timeout: floa
             return reply.json()["id"], time.time()
 
         if warmup_jobs:
-            stack.simulator.update(random_seed=WARMUP_SEED)
+            stack.simulator.update(
+                random_seed=WARMUP_SEED,
+                video_duration_median=warmup_median_s or SIMULATOR.video_duration_median,
+            )
             with ThreadPoolExecutor(max_workers=10) as pool:
                 warmup = [job for job, _ in pool.map(submit, range(warmup_jobs))]
             _watch(stack, warmup, deadline=time.time() + timeout)
             _wait_for_executions(stack, deadline=time.time() + 30)
         learned = _learned(stack)
         stack.simulator.reset()  # forget the warm-up's calls
-        stack.simulator.update(random_seed=SIMULATOR.random_seed)
+        stack.simulator.update(
+            random_seed=SIMULATOR.random_seed, video_duration_median=SIMULATOR.video_duration_median
+        )
         meter = cost.Meter(stack)
         invocations = {lid: s.count for lid, s in stack.runtime.stats.items()}
         errors = {lid: s.errors for lid, s in stack.runtime.stats.items()}
@@ -309,6 +321,7 @@ def measure(
     upstream_callbacks: bool = False,
     timeout: float = OURS_TIMEOUT,
     warmup_jobs: int = WARMUP_JOBS,
+    warmup_median_s: float | None = None,
 ) -> dict:
     """Ours (a local stack with these settings) and, meanwhile, the baseline: the common part of a
     result."""
@@ -319,7 +332,7 @@ def measure(
     # Its own process, so it shares no interpreter lock with the stack.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         baseline_run = pool.submit(run_baseline)
-        ours = run_ours(parameters, upstream_callbacks, timeout, warmup_jobs)
+        ours = run_ours(parameters, upstream_callbacks, timeout, warmup_jobs, warmup_median_s)
         baseline = baseline_run.result()
     seconds = time.time() - started
     counts, work = ours.pop("cost_counts"), ours.pop("cost_work")
