@@ -35,7 +35,7 @@ _fits: dict[str, tuple[float, NormalDist | None]] = {}  # per container: profile
 def profile(job: dict) -> str:
     """The profile of a job, from its kind and the request it sends to xAI."""
     kind, request = job["kind"], json.loads(job["request"])
-    model = request.get("model") or "default"
+    model = (request.get("model") or "default")[:200]  # a DynamoDB key holds at most 2,048 bytes
     if kind == DEFERRED_CHAT:
         return f"{kind}|{model}"
     resolution = request.get("resolution") or "default"
