@@ -227,14 +227,11 @@ def _learned(stack: LocalStack) -> dict | None:
     """What the stack has learned of the jobs' profile: samples, median and sigma of its lognormal."""
     request = {"model": "grok-imagine-video", **VIDEO}  # the API fills in the default model
     profile = durations.profile({"kind": "video.generation", "request": json.dumps(request)})
-    table = observer(stack, "dynamodb", resource=True).Table(stack.resources.physical["LimitsTable"])
-    item = table.get_item(Key={"id": durations._key(profile, time.time())}).get("Item")
-    if not item:
+    # Read before the measured run starts counting (cost.Meter): it is not the stack's own request.
+    samples, fit = durations.Durations(stack.resources.physical["LimitsTable"]).read(profile)
+    if fit is None:
         return None
-    samples = float(item["samples"])
-    mean = float(item["log_sum"]) / samples
-    sigma = math.sqrt(max(0.0, float(item["log_square_sum"]) / samples - mean * mean))
-    return {"samples": int(samples), "median_s": math.exp(mean), "sigma": sigma}
+    return {"samples": samples, "median_s": math.exp(fit.mean), "sigma": fit.stdev}
 
 
 def _xai_ended(stack: LocalStack, items: dict[str, dict], waiting: set[str]) -> list[str]:

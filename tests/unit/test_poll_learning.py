@@ -142,6 +142,7 @@ def test_the_fit_is_the_lognormal_of_the_learned_durations(learned, unique):
 
     fit = learned.fit(name)
 
+    assert learned.read(name) == (len(seconds), fit)
     logs = [math.log(value) for value in seconds]
     assert fit.mean == pytest.approx(sum(logs) / len(logs), abs=1e-4)
     assert fit.stdev == pytest.approx(NormalDist.from_samples(logs).stdev, rel=0.01)

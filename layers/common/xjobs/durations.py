@@ -83,6 +83,14 @@ class Durations:
         cached = _fits.get(profile)
         if cached and now - cached[0] < CACHE_SECONDS:
             return cached[1]
+        fit = self.read(profile)[1]
+        _fits[profile] = (now, fit)
+        return fit
+
+    def read(self, profile: str) -> tuple[int, NormalDist | None]:
+        """The profile's samples in the last HISTORY_DAYS days and their fit (None before MIN_SAMPLES),
+        read now."""
+        now = time.time()
         keys = [{"id": {"S": _key(profile, now - day * _DAY)}} for day in range(HISTORY_DAYS)]
         reply = aws.client("dynamodb").batch_get_item(
             RequestItems={
@@ -95,13 +103,11 @@ class Durations:
         # Keys it could not read this time (throttling) count as no samples: the fit is an estimate.
         items = reply["Responses"].get(self.table_name, [])
         samples = sum(float(item["samples"]["N"]) for item in items)
-        fit = None
-        if samples >= MIN_SAMPLES:
-            mean = sum(float(item["log_sum"]["N"]) for item in items) / samples
-            square = sum(float(item["log_square_sum"]["N"]) for item in items) / samples
-            fit = NormalDist(mean, max(MIN_SIGMA, math.sqrt(max(0.0, square - mean * mean))))
-        _fits[profile] = (now, fit)
-        return fit
+        if samples < MIN_SAMPLES:
+            return int(samples), None
+        mean = sum(float(item["log_sum"]["N"]) for item in items) / samples
+        square = sum(float(item["log_square_sum"]["N"]) for item in items) / samples
+        return int(samples), NormalDist(mean, max(MIN_SIGMA, math.sqrt(max(0.0, square - mean * mean))))
 
 
 def _key(profile: str, at: float) -> str:
