@@ -10,12 +10,10 @@ from local.xai_simulator import SimulatorConfig
 
 from .helpers import Batches
 
-# Short visibility and worker timeouts keep redeliveries (crashes, retries) within seconds. The
-# visibility stays above the worker's timeout, as AWS advises: under it, a message a slow invocation
-# still holds is delivered again, and xAI answers its requests twice.
+# Short visibility and worker timeouts keep redeliveries (crashes, retries) within seconds.
 PARAMETERS = {
     "BatchWorkerTimeoutSeconds": "15",
-    "BatchWorkVisibilitySeconds": "16",
+    "BatchWorkVisibilitySeconds": "8",
     "BatchWorkerConcurrency": "4",
     "BatchMaxAttempts": "3",
     "BatchMaxReceives": "30",
