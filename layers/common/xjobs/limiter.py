@@ -224,8 +224,8 @@ class AdaptiveRate:
 
         now = time.time()
         new = Rate(
-            rpm,
-            tpm,
+            round(rpm, 3),  # as stored
+            round(tpm, 3),
             seen.epoch if epoch is None else epoch,
             seen.ceiling if ceiling is None else ceiling,
             seen.stated if stated is None else stated[0],
