@@ -204,7 +204,7 @@ def test_a_body_stored_in_s3_reaches_xai_whole(sim, store, start_batch):
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        pytest.param({"model": "gpt-4o"}, 404, "model_not_found", id="unknown-model"),
+        pytest.param({"model": "gpt-4o"}, 404, "not_found", id="unknown-model"),
         pytest.param({"deferred": "yes"}, 400, "invalid_argument", id="bad-field"),
     ],
 )
