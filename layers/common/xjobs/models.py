@@ -1,6 +1,7 @@
 """Request bodies of the public API. Unknown fields are refused so a typo never passes silently."""
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -12,7 +13,12 @@ MAX_BODY_BYTES = 300_000  # a job keeps its request in its DynamoDB item (400 KB
 
 
 class BadRequest(ValueError):
-    """A request the API refuses with 400; the message names what is wrong."""
+    """A request the API refuses with 400; the message names what is wrong (and `param`, the field)."""
+
+    @property
+    def param(self) -> str | None:
+        named = re.match(r"^(?:field|parameter) '([^']+)'", str(self))
+        return named.group(1) if named else None
 
 
 class _Strict(BaseModel):

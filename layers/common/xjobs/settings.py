@@ -32,6 +32,9 @@ class Settings(BaseModel):
     batch_finalize_function: str = Field(alias="BATCH_FINALIZE_FUNCTION", default="")
     batch_completion_window_seconds: int = Field(alias="BATCH_COMPLETION_WINDOW_SECONDS", default=86400, ge=1)
     batch_max_attempts: int = Field(alias="BATCH_MAX_ATTEMPTS", default=3, ge=1)
+    tenants_table: str = Field(alias="TENANTS_TABLE", default="")
+    files_table: str = Field(alias="FILES_TABLE", default="")
+    max_upload_bytes: int = Field(alias="MAX_UPLOAD_BYTES", default=200 * 1024 * 1024, ge=1)
 
 
 class ConfigurationError(RuntimeError):
