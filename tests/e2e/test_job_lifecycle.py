@@ -35,7 +35,7 @@ def test_video_generation_completes_with_a_copy_of_the_video_in_s3(api, stack, s
         "event": "job.finished",
         "kind": "video.generation",
         "status": "completed",
-        "tenant": stack.info()["api_key_id"],
+        "tenant": stack.tenant,
     }
 
 

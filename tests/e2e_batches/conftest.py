@@ -39,7 +39,9 @@ def sim(stack):
 
 @pytest.fixture
 def api(stack):
-    with httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=30) as client:
+    with httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
+    ) as client:
         yield client
 
 
