@@ -72,8 +72,6 @@ def create_file():
     if "file" not in fields:
         raise BadRequest("field 'file': required (the JSONL file)")
     filename, content = fields["file"]
-    if not content:
-        raise BadRequest("field 'file': the file is empty")
     if len(content) > MAX_MULTIPART_FILE_BYTES:
         raise BadRequest(
             f"field 'file': larger than {MAX_MULTIPART_FILE_BYTES} bytes; "
