@@ -1,7 +1,7 @@
 """HTTP routes for batch input files and batches (shaped like OpenAI's Files and Batch APIs)."""
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
@@ -22,6 +22,7 @@ router = Router()
 
 UPLOAD_URL_SECONDS = 3600
 MAX_COMPLETION_WINDOW_SECONDS = 86400
+MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512
 
 
 class NewFile(BaseModel):
@@ -35,8 +36,15 @@ class NewBatch(BaseModel):
     input_file_id: str = Field(pattern=r"^file_[0-9A-Z]{26}$")
     endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
     # OpenAI accepts "24h" only; shorter windows ("90s", "30m", "2h") end a batch sooner.
-    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]*[smh]$")
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]{0,5}[smh]$", max_length=7)
+    # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: (
+        dict[
+            Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
+            Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)],
+        ]
+        | None
+    ) = Field(default=None, max_length=MAX_METADATA_PAIRS)
 
     def window_seconds(self) -> int:
         seconds = int(self.completion_window[:-1]) * {"s": 1, "m": 60, "h": 3600}[self.completion_window[-1]]
