@@ -36,6 +36,8 @@ SKIPPED_TYPES = {
     "AWS::ApiGateway::Deployment",
     "AWS::ApiGateway::Stage",
     "AWS::ApiGateway::UsagePlanKey",
+    # The bucket's TLS-only policy: the emulator is plain HTTP on loopback, so it would refuse everything.
+    "AWS::S3::BucketPolicy",
 }
 
 
@@ -307,7 +309,14 @@ class Provisioner:
             ddb.update_time_to_live(TableName=args["TableName"], TimeToLiveSpecification=ttl)
 
     def _bucket(self, lid: str, props: dict) -> None:
-        self.session.client("s3").create_bucket(Bucket=self.out.physical[lid])
+        s3 = self.session.client("s3")
+        s3.create_bucket(Bucket=self.out.physical[lid])
+        rules = self.resolve(props.get("LifecycleConfiguration", {}).get("Rules"))
+        if rules:  # kept by the emulator (to be read back), not acted on: nothing expires locally
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=self.out.physical[lid],
+                LifecycleConfiguration={"Rules": [_lifecycle_rule(r) for r in rules]},
+            )
 
     def _bucket_notification(self, lid: str, props: dict) -> None:
         """The bucket's NotificationConfiguration, set once its target functions exist. moto decides which
@@ -322,7 +331,11 @@ class Provisioner:
         )
 
     def _topic(self, lid: str, props: dict) -> None:
-        self.session.client("sns").create_topic(Name=self.out.attributes[lid]["TopicName"])
+        props = self.resolve(props)
+        attributes = {"KmsMasterKeyId": props["KmsMasterKeyId"]} if "KmsMasterKeyId" in props else {}
+        self.session.client("sns").create_topic(
+            Name=self.out.attributes[lid]["TopicName"], Attributes=attributes
+        )
 
     def _queue(self, lid: str, props: dict) -> None:
         props = self.resolve(props)
@@ -437,6 +450,17 @@ class Provisioner:
     def _event_source_mapping(self, lid: str, props: dict) -> None:
         # Not created in moto: its SQS mapping runs inside SendMessage. local/event_sources.py polls instead.
         self.out.event_source_mappings.append({"LogicalId": lid, **self.resolve(props)})
+
+
+def _lifecycle_rule(rule: dict) -> dict:
+    """A CloudFormation lifecycle rule -> the S3 API's (the rule properties this template uses)."""
+    shaped = {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        shaped["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        days = int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+        shaped["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": days}
+    return shaped
 
 
 def _notification_api_shape(config: dict) -> dict:
