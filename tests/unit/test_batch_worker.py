@@ -204,7 +204,7 @@ def test_a_body_stored_in_s3_reaches_xai_whole(sim, store, start_batch):
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        pytest.param({"model": "gpt-4o"}, 404, "model_not_found", id="unknown-model"),
+        pytest.param({"model": "gpt-4o"}, 404, "not_found", id="unknown-model"),
         pytest.param({"deferred": "yes"}, 400, "invalid_argument", id="bad-field"),
     ],
 )
@@ -258,7 +258,7 @@ def test_a_429_returns_the_message_for_the_wait_xai_asked_and_holds_back_every_w
 def test_a_429_under_a_low_request_limit_fills_the_windows_of_the_limit_xai_states(
     sim, store, start_batch, batch_settings, xai
 ):
-    sim.update(requests_per_minute=1)
+    sim.update(requests_per_minute=1, rate_limit_headers=True, retry_after=True)  # the headers extension
     xai.chat({"model": "grok-4", "messages": [{"role": "user", "content": "use the one request"}]})
     batch_id, messages = start_batch(request("a"))
 

@@ -53,8 +53,9 @@ def test_two_attempts_at_once_leave_one_xai_request_the_jobs_and_cancel_the_othe
     batch_settings, sim, pending_video, monkeypatch
 ):
     # GIVEN a retried Poll invoke running while the first attempt still waits on xAI's answer
-    sim.update(video_submit_latency=0.5)
+    sim.update(video_submit_latency=0.5, video_cancel=True, video_requests_per_second=0)
     monkeypatch.setenv("VIDEO_REQUESTS_PER_SECOND", "10")  # the limiter lets both go
+    monkeypatch.setenv("XAI_VIDEO_CANCEL", "true")  # the upstream has the cancel route (an extension)
     get_settings.cache_clear()
 
     # WHEN both attempts submit the pending job

@@ -13,6 +13,7 @@ class Settings(BaseModel):
     data_bucket: str = Field(alias="DATA_BUCKET")
     topic_arn: str = Field(alias="TOPIC_ARN")
     xai_base_url: str = Field(alias="XAI_BASE_URL", default="https://api.x.ai/v1")
+    xai_video_cancel: bool = Field(alias="XAI_VIDEO_CANCEL", default=False)
     xai_api_key_secret: str = Field(alias="XAI_API_KEY_SECRET")
     webhook_signing_secret: str = Field(alias="WEBHOOK_SIGNING_SECRET")
     allow_http_webhooks: bool = Field(alias="ALLOW_HTTP_WEBHOOKS", default=False)

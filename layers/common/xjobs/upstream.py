@@ -16,14 +16,14 @@ def secret(name: str) -> str:
 
 
 @cache
-def _client(base_url: str, api_key: str) -> XaiClient:
+def _client(base_url: str, api_key: str, video_cancel: bool) -> XaiClient:
     # Short timeouts and one quick retry: the state machine's Retry does the long backoff.
-    return XaiClient(base_url, api_key, timeout=15.0, max_attempts=2)
+    return XaiClient(base_url, api_key, timeout=15.0, max_attempts=2, video_cancel=video_cancel)
 
 
 def xai_client() -> XaiClient:
     settings = get_settings()
-    return _client(settings.xai_base_url, secret(settings.xai_api_key_secret))
+    return _client(settings.xai_base_url, secret(settings.xai_api_key_secret), settings.xai_video_cancel)
 
 
 CHAT_SCOPE = "xai-chat"

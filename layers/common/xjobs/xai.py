@@ -109,9 +109,11 @@ class XaiClient:
         max_attempts: int = 3,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
+        video_cancel: bool = False,
     ):
         import httpx
 
+        self.video_cancel = video_cancel
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -139,8 +141,9 @@ class XaiClient:
         return _video_status(self._request("GET", f"/videos/{request_id}").json())
 
     def cancel(self, kind: str, request_id: str) -> bool:
-        """Ask xAI to cancel. xAI documents no cancel endpoint, so False is the usual answer."""
-        if kind == DEFERRED_CHAT:
+        """Ask the upstream to stop a video. xAI has no cancel route: unless the client was told the
+        upstream has one (``video_cancel``), nothing is called and the answer is False."""
+        if kind == DEFERRED_CHAT or not self.video_cancel:
             return False
         try:
             self._request("POST", f"/videos/{request_id}/cancel", json={})
@@ -260,7 +263,25 @@ def _error(body: dict) -> dict:
     return {"code": str(status), "message": f"xAI reported the request {status}"}
 
 
+# xAI's error bodies are flat, {"code": <gRPC status sentence>, "error": <text>}; the sentence becomes
+# the gRPC status name, which is what a caller can branch on.
+_GRPC_NAMES = {
+    "client specified an invalid argument": "invalid_argument",
+    "the request does not have valid authentication credentials": "unauthenticated",
+    "the caller does not have permission to execute the specified operation": "permission_denied",
+    "some requested entity was not found": "not_found",
+    "some resource has been exhausted": "resource_exhausted",
+    "the system is not in a state required for the operation's execution": "failed_precondition",
+    "operation is not implemented or not supported": "unimplemented",
+    "internal error": "internal",
+    "the service is currently unavailable": "unavailable",
+    "deadline expired before operation could complete": "deadline_exceeded",
+}
+
+
 def _rejection(response: "httpx.Response") -> tuple[str, str | None]:
+    """(message, code) of an error answer: xAI's flat body, an OpenAI-style nested one, or plain text
+    (xAI answers a body it cannot deserialize with a plain-text 422)."""
     try:
         body = response.json()
     except ValueError:
@@ -270,7 +291,10 @@ def _rejection(response: "httpx.Response") -> tuple[str, str | None]:
         code = error.get("code")
         return str(error.get("message") or body), str(code) if code is not None else None
     if isinstance(error, str):
-        return error, body.get("code")
+        code = body.get("code")
+        if isinstance(code, str):
+            code = _GRPC_NAMES.get(code.strip().rstrip(".").lower(), code)
+        return error, str(code) if code is not None else None
     return str(body)[:500], None
 
 
