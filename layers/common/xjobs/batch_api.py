@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import aws, batches
-from .api import list_page, page_limit, tenant_of
+from .api import list_page, page_limit, paused, tenant_of
 from .batch_ingest import INCOMING_PREFIX
 from .ids import new_id
 from .models import BadRequest, validate_body
@@ -144,7 +144,8 @@ def create_batch():
 
 @router.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str):
-    return batch_view(_store().get_for_tenant(batch_id, tenant_of(router)))
+    batch = _store().get_for_tenant(batch_id, tenant_of(router))
+    return paused(batch_view(batch), batch["status"] in batches.RUNNING)
 
 
 @router.get("/v1/batches")
