@@ -7,6 +7,7 @@ import httpx
 
 from local.stack import LocalStack
 
+SIGV4 = "X-Amz-Algorithm=AWS4-HMAC-SHA256"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
@@ -35,6 +36,7 @@ class Batches:
         reply = self.api.post("/v1/files", json={"purpose": "batch"})
         assert reply.status_code == 201, reply.text
         file = reply.json()
+        assert SIGV4 in file["upload_url"]  # buckets refuse SigV2 presigned URLs
         put = httpx.put(file["upload_url"], content=content, timeout=60)
         assert put.status_code == 200, put.text
         return file["id"]
