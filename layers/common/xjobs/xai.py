@@ -278,18 +278,20 @@ def _retry_after(response: "httpx.Response") -> float:
     header = response.headers.get("retry-after")
     if header:
         with contextlib.suppress(ValueError):
-            return max(0.0, float(header))
+            seconds = float(header)
+            if math.isfinite(seconds):  # "inf" or "nan" would break every wait computed from it
+                return max(0.0, seconds)
         with contextlib.suppress(TypeError, ValueError):
             return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
     limits = RateLimitInfo.from_headers(response.headers)
-    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w]
+    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w and math.isfinite(w)]
     return max(waits) if waits else 1.0
 
 
 def _int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
