@@ -109,7 +109,12 @@ class LocalStack:
         ).raise_for_status()
         self.session = boto3.session.Session(region_name=REGION)
 
-        parameters = {"XaiBaseUrl": xai_url, "AllowHttpWebhooks": "true", "LogLevel": "WARNING"}
+        parameters = {
+            "XaiBaseUrl": xai_url,
+            "AllowHttpWebhooks": "true",
+            "AllowLoopbackWebhooks": "true",
+            "LogLevel": "WARNING",
+        }
         if self.upstream_callbacks:
             # The callback URL goes into the template, so the API's port is chosen before it is served.
             self.api_port = self.api_port or _free_port()

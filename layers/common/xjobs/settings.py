@@ -17,6 +17,8 @@ class Settings(BaseModel):
     xai_api_key_secret: str = Field(alias="XAI_API_KEY_SECRET")
     webhook_signing_secret: str = Field(alias="WEBHOOK_SIGNING_SECRET")
     allow_http_webhooks: bool = Field(alias="ALLOW_HTTP_WEBHOOKS", default=False)
+    allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
+    callback_signing_secret: str = Field(alias="CALLBACK_SIGNING_SECRET", default="")
     callback_base_url: str = Field(alias="CALLBACK_BASE_URL", default="")
     callback_fallback_seconds: int = Field(alias="CALLBACK_FALLBACK_SECONDS", default=300, ge=1)
     state_machine_arn: str | None = Field(alias="STATE_MACHINE_ARN", default=None)

@@ -357,11 +357,13 @@ def _retry_after(response: "httpx.Response") -> float | None:
     header = response.headers.get("retry-after")
     if header:
         with contextlib.suppress(ValueError):
-            return max(0.0, float(header))
+            seconds = float(header)
+            if math.isfinite(seconds):  # "inf" or "nan" would break every wait computed from it
+                return max(0.0, seconds)
         with contextlib.suppress(TypeError, ValueError):
             return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
     limits = RateLimitInfo.from_headers(response.headers)
-    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w]
+    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w and math.isfinite(w)]
     return max(waits) if waits else None
 
 
@@ -371,13 +373,13 @@ RATE_LIMIT_BACKOFF_CAP = 30.0
 def rate_limit_backoff(retry: int) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...) of a 429 that stated no wait: from about a
     second, doubling, up to 30 s, with jitter — as xAI's official SDK backs off."""
-    return min(RATE_LIMIT_BACKOFF_CAP, 2 ** max(0, retry - 1) * random.uniform(0.75, 1.25))
+    return min(RATE_LIMIT_BACKOFF_CAP, 2 ** min(max(0, retry - 1), 8) * random.uniform(0.75, 1.25))
 
 
 def _int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
