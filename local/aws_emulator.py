@@ -56,6 +56,7 @@ class AwsEmulator(ThreadedMotoServer):
         self._counts: Counter = Counter()
         self._observer_counts: Counter = Counter()
         self._dynamodb_lock = {"requests": 0, "wait_s": 0.0, "held_s": 0.0, "max_wait_s": 0.0}
+        self.authorizer = None  # local/iam.py's Authorizer, once the stack has its functions' roles
 
     def counts(self) -> dict[str, float]:
         """Requests by "service:Action" and DynamoDB request units, since the start (observers left out)."""
@@ -86,6 +87,12 @@ class AwsEmulator(ThreadedMotoServer):
         def serve(environ, start_response):
             service, region = _scope(environ)
             body = _read_body(environ) if service != "s3" else b""
+            refusal = self.authorizer and self.authorizer.check(environ, service, body)
+            if refusal:
+                status, headers, payload = refusal
+                self._count(environ, service, _action(environ, service, body), {})
+                start_response(status, headers + [("Content-Length", str(len(payload)))])
+                return [payload]
             target = environ.get("HTTP_X_AMZ_TARGET", "")
             if not target.startswith("DynamoDB_"):
                 self._count(environ, service, _action(environ, service, body), {})

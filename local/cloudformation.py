@@ -29,12 +29,13 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
 SKIPPED_TYPES = {
-    "AWS::IAM::Role",
     "AWS::Lambda::Permission",
     "AWS::Lambda::LayerVersion",
     "AWS::Logs::LogGroup",
     "AWS::ApiGateway::Deployment",
     "AWS::ApiGateway::Stage",
+    # The bucket's TLS-only policy: the emulator is plain HTTP on loopback, so it would refuse everything.
+    "AWS::S3::BucketPolicy",
 }
 
 
@@ -92,6 +93,7 @@ class FunctionSpec:
     timeout: int
     memory: int
     environment: dict[str, str]
+    role: str | None = None  # logical id of its execution role
     reserved_concurrency: int | None = None  # ReservedConcurrentExecutions: the most environments at once
 
 
@@ -144,6 +146,8 @@ class Provisioned:
     types: dict[str, str] = field(default_factory=dict)
     event_source_mappings: list[dict[str, Any]] = field(default_factory=list)  # resolved properties
     bucket_notifications: dict[str, dict] = field(default_factory=dict)  # bucket -> NotificationConfiguration
+    roles: dict[str, list[dict]] = field(default_factory=dict)  # role logical id -> its policy statements
+    secret_arns: dict[str, str] = field(default_factory=dict)  # secret name -> ARN
 
     def of_type(self, cfn_type: str) -> dict[str, str]:
         return {lid: self.physical[lid] for lid, t in self.types.items() if t == cfn_type}
@@ -277,16 +281,13 @@ class Provisioner:
     # ---- creation ----------------------------------------------------------------------------
     def provision(self) -> Provisioned:
         self._plan_names()
-        self.session.client("iam").create_role(
-            RoleName=f"{self.stack_name}-lambda",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}),
-        )
         order = [
             ("AWS::DynamoDB::Table", self._table),
             ("AWS::S3::Bucket", self._bucket),
             ("AWS::SNS::Topic", self._topic),
             ("AWS::SQS::Queue", self._queue),
             ("AWS::SecretsManager::Secret", self._secret),
+            ("AWS::IAM::Role", self._role),
             ("AWS::ApiGateway::ApiKey", self._api_key),
             ("AWS::Lambda::Function", self._function),
             ("AWS::S3::Bucket", self._bucket_notification),
@@ -327,7 +328,14 @@ class Provisioner:
             ddb.update_time_to_live(TableName=args["TableName"], TimeToLiveSpecification=ttl)
 
     def _bucket(self, lid: str, props: dict) -> None:
-        self.session.client("s3").create_bucket(Bucket=self.out.physical[lid])
+        s3 = self.session.client("s3")
+        s3.create_bucket(Bucket=self.out.physical[lid])
+        rules = self.resolve(props.get("LifecycleConfiguration", {}).get("Rules"))
+        if rules:  # kept by the emulator (to be read back), not acted on: nothing expires locally
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=self.out.physical[lid],
+                LifecycleConfiguration={"Rules": [_lifecycle_rule(r) for r in rules]},
+            )
 
     def _bucket_notification(self, lid: str, props: dict) -> None:
         """The bucket's NotificationConfiguration, set once its target functions exist. moto decides which
@@ -342,7 +350,11 @@ class Provisioner:
         )
 
     def _topic(self, lid: str, props: dict) -> None:
-        self.session.client("sns").create_topic(Name=self.out.attributes[lid]["TopicName"])
+        props = self.resolve(props)
+        attributes = {"KmsMasterKeyId": props["KmsMasterKeyId"]} if "KmsMasterKeyId" in props else {}
+        self.session.client("sns").create_topic(
+            Name=self.out.attributes[lid]["TopicName"], Attributes=attributes
+        )
 
     def _queue(self, lid: str, props: dict) -> None:
         props = self.resolve(props)
@@ -367,6 +379,27 @@ class Provisioner:
             "ARN"
         ]
         self._set(lid, arn, Id=arn)
+        self.out.secret_arns[self._name(lid)] = arn
+
+    def _role(self, lid: str, props: dict) -> None:
+        """The role in moto's IAM (inline policies put, managed ones named); its statements are what
+        local/iam.py evaluates each of its requests against."""
+        from .iam import aws_managed_documents, statements_of
+
+        props = self.resolve(props)
+        name = self.out.physical[lid]
+        iam = self.session.client("iam")
+        iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(props.get("AssumeRolePolicyDocument", {}))
+        )
+        for policy in props.get("Policies", []):
+            iam.put_role_policy(
+                RoleName=name,
+                PolicyName=policy["PolicyName"],
+                # IAM takes a document without Version as 2008-10-17; moto takes only 2012-10-17.
+                PolicyDocument=json.dumps({"Version": "2012-10-17", **policy["PolicyDocument"]}),
+            )
+        self.out.roles[lid] = statements_of(props, aws_managed_documents())
 
     def _api_key(self, lid: str, props: dict) -> None:
         key = self.session.client("apigateway").create_api_key(
@@ -392,13 +425,14 @@ class Provisioner:
         self.session.client("lambda").create_function(
             FunctionName=name,
             Runtime=props.get("Runtime", "python3.12"),
-            Role=f"arn:aws:iam::{ACCOUNT}:role/{self.stack_name}-lambda",
+            Role=props["Role"],
             Handler=props["Handler"],
             Code={"ZipFile": archive.getvalue()},
             Timeout=int(props.get("Timeout", 3)),
             MemorySize=int(props.get("MemorySize", 128)),
         )
         reserved = props.get("ReservedConcurrentExecutions")
+        roles = {self.out.attributes[r]["Arn"]: r for r in self.out.roles}
         self.out.functions[lid] = FunctionSpec(
             logical_id=lid,
             name=name,
@@ -408,6 +442,7 @@ class Provisioner:
             timeout=int(props.get("Timeout", 3)),
             memory=int(props.get("MemorySize", 128)),
             environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
+            role=roles.get(props["Role"]),
             reserved_concurrency=None if reserved is None else int(reserved),
         )
 
@@ -422,7 +457,7 @@ class Provisioner:
         self.session.client("stepfunctions").create_state_machine(
             name=self.out.attributes[lid]["Name"],
             definition=definition,
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/{self.stack_name}-lambda",
+            roleArn=self.resolve(props["RoleArn"]),
             type=props.get("StateMachineType", "STANDARD"),
         )
 
@@ -516,6 +551,17 @@ class Provisioner:
     def _event_source_mapping(self, lid: str, props: dict) -> None:
         # Not created in moto: its SQS mapping runs inside SendMessage. local/event_sources.py polls instead.
         self.out.event_source_mappings.append({"LogicalId": lid, **self.resolve(props)})
+
+
+def _lifecycle_rule(rule: dict) -> dict:
+    """A CloudFormation lifecycle rule -> the S3 API's (the rule properties this template uses)."""
+    shaped = {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        shaped["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        days = int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+        shaped["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": days}
+    return shaped
 
 
 def _notification_api_shape(config: dict) -> dict:

@@ -16,6 +16,11 @@ per-thread, i.e. per environment (see _isolate_powertools_router_state).
 
 moto's Lambda invoke is routed here, so Step Functions (synchronous) and S3 or SNS (asynchronous, as in
 AWS) in the emulator call the real handlers.
+
+Credentials. Each function calls AWS as its execution role (see local/iam.py): every botocore client of
+this process resolves its credentials when it signs, from the thread that signs. An environment's thread,
+and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials);
+any other thread with the process's own (the environment's AWS_ACCESS_KEY_ID: the operator's).
 """
 
 import importlib.util
@@ -28,7 +33,11 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import botocore.session
+from botocore.credentials import Credentials, ReadOnlyCredentials
 
 from .cloudformation import ROOT, FunctionSpec, TemplateError
 
@@ -111,6 +120,7 @@ class _Environment:
         self._requests.put(None)
 
     def _serve(self) -> None:
+        _identity.function = self.spec.logical_id
         while (invocation := self._requests.get()) is not None:
             if self.handler is None:
                 try:
@@ -209,6 +219,7 @@ class LambdaRuntime:
         self._pools = {lid: _Pool(spec, self.stats[lid]) for lid, spec in functions.items()}
         self._lock = threading.Lock()
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
+        self._faults: dict[str, list[str]] = {}  # logical id -> injected faults, next first (see inject)
         self.async_retry_delays = ASYNC_RETRY_DELAYS
         self._async_pending = 0
         self._stopping = threading.Event()
@@ -235,6 +246,25 @@ class LambdaRuntime:
             raise FunctionError("ResourceNotFoundException", f"Function not found: {logical_id_or_name}")
         return spec
 
+    FAULTS = ("throttle", "timeout", "crash")
+
+    def inject(self, logical_id: str, fault: str, times: int = 1) -> None:
+        """Make the function's next `times` invocations fail as AWS can make them fail:
+        "throttle": refused with TooManyRequestsException before it runs (no environment was free);
+        "timeout": the handler runs to its end, but the caller gets Sandbox.Timedout, as when a
+        function is stopped after its side effects and before its reply;
+        "crash": the handler raises RuntimeError before doing anything."""
+        if fault not in self.FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(self.FAULTS)}")
+        self.spec(logical_id)
+        with self._lock:
+            self._faults.setdefault(logical_id, []).extend([fault] * times)
+
+    def _next_fault(self, logical_id: str) -> str | None:
+        with self._lock:
+            faults = self._faults.get(logical_id)
+            return faults.pop(0) if faults else None
+
     def invoke(self, logical_id_or_name: str, event: dict, *, request_id: str | None = None):
         """One synchronous invocation with the function's timeout. Raises FunctionError as Lambda would
         report it: the handler's exception, Sandbox.Timedout, or TooManyRequestsException (throttled)."""
@@ -242,10 +272,17 @@ class LambdaRuntime:
         pool = self._pools[spec.logical_id]
         stats = self.stats[spec.logical_id]
         payload = json.loads(_serialized(event, SYNC_PAYLOAD_LIMIT))  # what Lambda delivers: a copy
+        fault = self._next_fault(spec.logical_id)
+        if fault == "throttle":
+            with self._lock:
+                stats.throttles += 1
+            raise FunctionError("TooManyRequestsException", "Rate Exceeded.")
         environment = pool.acquire()
         with self._lock:
             crashes = self.fail_next.get(spec.logical_id)
             crash = crashes.pop(0) if crashes else None
+        if fault == "crash":
+            crash = "injected crash"
         context = LambdaContext(
             function_name=spec.name,
             memory_limit_in_mb=spec.memory,
@@ -263,9 +300,9 @@ class LambdaRuntime:
         with self._lock:
             stats.count += 1
             stats.billed_ms += (time.time() - started) * 1000
-            if not finished or invocation.error is not None:
+            if not finished or invocation.error is not None or fault == "timeout":
                 stats.errors += 1
-        if not finished:
+        if not finished or fault == "timeout":
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
         if invocation.error is not None:
             exc = invocation.error
@@ -339,6 +376,12 @@ class LambdaRuntime:
         for pool in self._pools.values():
             pool.retire_all()
 
+    def use_role_credentials(self, credentials: dict[str, ReadOnlyCredentials]) -> None:
+        """Function logical id -> the credentials its code signs with (its role's, from STS)."""
+        _role_credentials.clear()
+        _role_credentials.update(credentials)
+        _sign_as_the_running_function()
+
     def patch_moto(self) -> None:
         """Route moto's Lambda invocations to the in-process handlers: Invoke (Step Functions, boto3) runs
         synchronously unless its InvocationType is Event; S3 and SNS notifications run asynchronously."""
@@ -395,6 +438,70 @@ def _serialized(event: dict, limit: int) -> str:
             "RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes for the operation"
         )
     return text
+
+
+_identity = threading.local()  # .function: the logical id of the function this thread works for
+_role_credentials: dict[str, ReadOnlyCredentials] = {}
+
+
+def current_function() -> str | None:
+    return getattr(_identity, "function", None)
+
+
+class _RunningFunctionCredentials(Credentials):
+    """Credentials looked up at signing time: the role's of the function the signing thread works for,
+    else the process's own from the environment."""
+
+    def __init__(self):
+        self.method = "xjobs-local-runtime"
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        function = current_function()
+        if function in _role_credentials:
+            return _role_credentials[function]
+        environ = os.environ
+        return ReadOnlyCredentials(
+            environ.get("AWS_ACCESS_KEY_ID"),
+            environ.get("AWS_SECRET_ACCESS_KEY"),
+            environ.get("AWS_SESSION_TOKEN"),
+        )
+
+    access_key = property(lambda self: self.get_frozen_credentials().access_key)
+    secret_key = property(lambda self: self.get_frozen_credentials().secret_key)
+    token = property(lambda self: self.get_frozen_credentials().token)
+
+
+def _sign_as_the_running_function() -> None:
+    """Every botocore session of the process hands out _RunningFunctionCredentials (clients given explicit
+    keys keep them), and work a function submits to a thread pool keeps the function's identity."""
+    if getattr(botocore.session.Session.get_credentials, "_xjobs", False):
+        return
+    credentials = _RunningFunctionCredentials()
+
+    def get_credentials(self):
+        return credentials
+
+    get_credentials._xjobs = True
+    botocore.session.Session.get_credentials = get_credentials
+
+    submit = ThreadPoolExecutor.submit
+
+    def submit_as_function(self, fn, /, *args, **kwargs):
+        function = current_function()
+        if function is None:
+            return submit(self, fn, *args, **kwargs)
+
+        def run(*inner_args, **inner_kwargs):
+            before = current_function()
+            _identity.function = function
+            try:
+                return fn(*inner_args, **inner_kwargs)
+            finally:
+                _identity.function = before
+
+        return submit(self, run, *args, **kwargs)
+
+    ThreadPoolExecutor.submit = submit_as_function
 
 
 _router_state = threading.local()

@@ -26,11 +26,13 @@ from pathlib import Path
 import boto3
 import httpx
 from botocore.config import Config
+from botocore.credentials import ReadOnlyCredentials
 
 from . import event_sources
 from .apigateway import ApiGateway
-from .cloudformation import REGION, ROOT, TEMPLATE, Provisioner, parameter_names, translate
+from .cloudformation import ACCOUNT, REGION, ROOT, TEMPLATE, Provisioner, parameter_names, translate
 from .event_sources import EventSources
+from .iam import Authorizer, Principal
 from .runtime import LambdaRuntime
 from .xai_simulator import SimulatorConfig, XaiSimulator
 
@@ -109,7 +111,12 @@ class LocalStack:
         ).raise_for_status()
         self.session = boto3.session.Session(region_name=REGION)
 
-        parameters = {"XaiBaseUrl": xai_url, "AllowHttpWebhooks": "true", "LogLevel": "WARNING"}
+        parameters = {
+            "XaiBaseUrl": xai_url,
+            "AllowHttpWebhooks": "true",
+            "AllowLoopbackWebhooks": "true",
+            "LogLevel": "WARNING",
+        }
         if self.upstream_callbacks:
             # The callback URL goes into the template, so the API's port is chosen before it is served.
             self.api_port = self.api_port or _free_port()
@@ -131,6 +138,7 @@ class LocalStack:
 
         self.runtime = LambdaRuntime(self.resources.functions)
         self.runtime.install_environment({})
+        self.iam = self._enforce_roles()
         self.runtime.patch_moto()
         event_sources.patch_moto()
         # One SQS client for every poller and batch in flight, so a pool as large as they may need.
@@ -154,6 +162,27 @@ class LocalStack:
         if self.state_file:
             self.state_file.write_text(json.dumps(self.info(), indent=2) + "\n")
         return self
+
+    def _enforce_roles(self) -> Authorizer:
+        """Each function signs with credentials of its own role (STS AssumeRole in moto), and the emulator
+        refuses what the role's policies do not allow (local/iam.py)."""
+        sts = self.client("sts")
+        authorizer = Authorizer(REGION, ACCOUNT, secret_arns=self.resources.secret_arns)
+        credentials = {}
+        for lid, spec in self.resources.functions.items():
+            if spec.role is None:
+                continue
+            role_arn = self.resources.attributes[spec.role]["Arn"]
+            issued = sts.assume_role(RoleArn=role_arn, RoleSessionName=spec.name[:64])["Credentials"]
+            credentials[lid] = ReadOnlyCredentials(
+                issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"]
+            )
+            authorizer.principals[issued["AccessKeyId"]] = Principal(
+                lid, spec.role, self.resources.roles[spec.role]
+            )
+        self.runtime.use_role_credentials(credentials)
+        self.moto.authorizer = authorizer
+        return authorizer
 
     def _subscribe_inbox(self) -> str:
         """A queue subscribed to every topic, so a local user (and the tests) can read what SNS sent."""

@@ -1,8 +1,12 @@
 """A local HTTP server that speaks the xAI REST API, for tests and benchmarks.
 
-It serves chat completions (also deferred), the Responses API, video generations and edits with status
-polling, rate limits answered with 429 + Retry-After + x-ratelimit-* headers, latency distributions and
-injected faults, and it logs every /v1 call so tests can count them. `/sim/*` endpoints let another
+By default it answers as xAI does (its OpenAPI spec, its official SDK, live captures): chat completions
+(also deferred), the Responses API, video generations and edits with status polling, per-second rate
+limits answered with a bare 429 (no Retry-After, no x-ratelimit-*), flat error bodies
+``{"code": "<gRPC status sentence>", "error": "<text>"}``, a "credits exhausted" mode, latency
+distributions and injected faults. Conveniences xAI does not offer (rate-limit headers, Retry-After,
+a video cancel route, upstream callbacks, the seed documents' shapes) are SimulatorConfig options,
+off by default. It logs every /v1 call so tests can count them; `/sim/*` endpoints let another
 process read the log and change the behaviour. Standard library only.
 
     python -m local.xai_simulator --port 8787 --api-key sim-key --video-duration 2 --rpm 600
@@ -51,16 +55,24 @@ class SimulatorConfig:
     video_submit_latency: float = 0.0  # seconds a video submit takes to be answered
     deferred_chat_duration: float = 0.5
     video_failure_rate: float = 0.0
+    # xAI's limits are given per minute but enforced per second (RPM/60, TPM/60): no minute-sized burst.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
-    video_requests_per_second: int = 0
+    video_requests_per_second: int = 1
+    # Every /v1 call answers the billing error while on; its status is 429 (older captures) or 403.
+    credits_exhausted: bool = False
+    credits_exhausted_status: int = 429
     error_500_rate: float = 0.0
     error_503_rate: float = 0.0
     hang_rate: float = 0.0
     hang_seconds: float = 30.0
-    seed_shapes: bool = False
-    callbacks: bool = False
     random_seed: int | None = None
+    # Extensions: behaviour xAI does not have, for tests and benchmarks that ask for it explicitly.
+    rate_limit_headers: bool = False  # x-ratelimit-{limit,remaining,reset}-{requests,tokens}
+    retry_after: bool = False  # Retry-After on rate-limit 429s
+    video_cancel: bool = False  # POST /v1/videos/{id}/cancel
+    callbacks: bool = False  # POST {"request_id", "status"} to a request's callback_url when it ends
+    seed_shapes: bool = False  # the seed documents' OpenAI-style video shapes
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
@@ -92,17 +104,33 @@ class _Reply:
         return json.dumps(self.body).encode()
 
 
-def _error_reply(
-    status: int,
-    message: str,
-    kind: str = "invalid_request_error",
-    code: Any = None,
-    headers: dict[str, str] | None = None,
-) -> _Reply:
-    error: dict[str, Any] = {"message": message, "type": kind}
-    if code is not None:
-        error["code"] = code
-    return _Reply(status, {"error": error}, headers or {})
+# xAI names the gRPC status behind an HTTP error with its standard description.
+GRPC_SENTENCES = {
+    400: "Client specified an invalid argument",
+    401: "The request does not have valid authentication credentials",
+    403: "The caller does not have permission to execute the specified operation",
+    404: "Some requested entity was not found",
+    405: "Operation is not implemented or not supported",
+    409: "The system is not in a state required for the operation's execution",
+    429: "Some resource has been exhausted",
+    500: "Internal error",
+    503: "The service is currently unavailable",
+    504: "Deadline expired before operation could complete",
+}
+BILLING_MESSAGE = (
+    "Your team {team} has either used all available credits or reached its monthly spending limit. "
+    "To continue making API requests, please purchase more credits or raise your spending limit."
+)
+
+
+def _error_reply(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> _Reply:
+    """xAI's flat error body: {"code": <gRPC sentence>, "error": <text>} (plus e.g. "usage")."""
+    body = {"code": GRPC_SENTENCES.get(status, "Unknown error"), "error": message, **extra}
+    return _Reply(status, body, headers or {})
+
+
+def _plain_reply(status: int, text: str) -> _Reply:
+    return _Reply(status, text.encode(), content_type="text/plain; charset=utf-8")
 
 
 class _ApiError(Exception):
@@ -114,7 +142,7 @@ class _ApiError(Exception):
 
 
 def _invalid(field: str, problem: str) -> _ApiError:
-    return _ApiError(_error_reply(400, f"{field}: {problem}", code="invalid_argument"))
+    return _ApiError(_error_reply(400, f"{field}: {problem}"))
 
 
 class _DropConnection(Exception):
@@ -138,7 +166,7 @@ class _Request:
 
     def json(self) -> dict:
         if self.body_error:
-            raise _ApiError(_error_reply(400, self.body_error, code="invalid_json"))
+            raise _ApiError(_plain_reply(400, self.body_error))
         return self.body
 
 
@@ -203,6 +231,35 @@ class _SlidingWindow:
     def add(self, now: float, amount: int) -> None:
         self.entries.append((now, amount))
         self.used += amount
+
+
+class _Bucket:
+    """A per-second budget: it refills at `rate` a second up to one second's worth (at least one unit),
+    so nothing saved up over a minute can go out in a burst (xAI: "you cannot spend a full minute's
+    requests in a single second")."""
+
+    def __init__(self) -> None:
+        self.level: float | None = None
+        self.at = 0.0
+
+    def refill(self, now: float, rate: float) -> None:
+        capacity = max(1.0, rate)
+        elapsed = now - self.at
+        self.level = capacity if self.level is None else min(capacity, self.level + elapsed * rate)
+        self.at = now
+
+    def wait_for(self, now: float, amount: float, rate: float) -> float:
+        """Seconds until `amount` may go. An amount above one second's budget goes alone, when the
+        budget is full, and leaves a debt the next seconds repay."""
+        self.refill(now, rate)
+        need = min(amount, max(1.0, rate))
+        return 0.0 if self.level >= need - 1e-9 else (need - self.level) / rate
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+    def full_in(self, rate: float) -> float:
+        return max(0.0, (max(1.0, rate) - (self.level or 0.0)) / rate)
 
 
 class _Scheduler:
@@ -289,7 +346,7 @@ def _check_model(body: dict, grok_only: bool) -> str:
     if not isinstance(model, str) or not model:
         raise _invalid("model", "is required and must be a string")
     if grok_only and not model.startswith("grok"):
-        raise _ApiError(_error_reply(404, f"The model {model} does not exist", code="model_not_found"))
+        raise _ApiError(_error_reply(404, f"The model {model} does not exist"))
     return model
 
 
@@ -310,20 +367,21 @@ class XaiSimulator:
         self._calls: list[CallRecord] = []
         self._jobs: dict[str, _Job] = {}
         self._injections: list[tuple[str, deque]] = []
-        self._chat_requests = _SlidingWindow(60.0)
-        self._chat_tokens = _SlidingWindow(60.0)
+        self._chat_requests = _Bucket()
+        self._chat_tokens = _Bucket()
         self._video_requests = _SlidingWindow(1.0)
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._scheduler = _Scheduler()
-        self._routes: list[tuple[str, re.Pattern, Callable[[_Request], _Reply]]] = [
-            ("POST", re.compile(r"/v1/chat/completions"), self._chat_completions),
-            ("GET", re.compile(rf"/v1/chat/deferred-completion/(?P<id>{_ID})"), self._deferred_result),
-            ("POST", re.compile(r"/v1/responses"), self._responses),
-            ("POST", re.compile(r"/v1/videos/generations"), self._video_submit),
-            ("POST", re.compile(r"/v1/videos/edits"), self._video_submit),
-            ("POST", re.compile(rf"/v1/videos/(?P<id>{_ID})/cancel"), self._video_cancel),
-            ("GET", re.compile(rf"/v1/videos/(?P<id>{_ID})"), self._video_status),
+        # (method, path, handler, the config extension that must be on for the route to exist)
+        self._routes: list[tuple[str, re.Pattern, Callable[[_Request], _Reply], str | None]] = [
+            ("POST", re.compile(r"/v1/chat/completions"), self._chat_completions, None),
+            ("GET", re.compile(rf"/v1/chat/deferred-completion/(?P<id>{_ID})"), self._deferred_result, None),
+            ("POST", re.compile(r"/v1/responses"), self._responses, None),
+            ("POST", re.compile(r"/v1/videos/generations"), self._video_submit, None),
+            ("POST", re.compile(r"/v1/videos/edits"), self._video_submit, None),
+            ("POST", re.compile(rf"/v1/videos/(?P<id>{_ID})/cancel"), self._video_cancel, "video_cancel"),
+            ("GET", re.compile(rf"/v1/videos/(?P<id>{_ID})"), self._video_status, None),
         ]
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -389,6 +447,8 @@ class XaiSimulator:
         unknown = set(fields) - CONFIG_FIELDS
         if unknown:
             raise TypeError(f"unknown simulator config fields: {sorted(unknown)}")
+        if fields.get("credits_exhausted_status", 429) not in (429, 403):
+            raise ValueError("credits_exhausted_status must be 429 or 403")
         with self._lock:
             self._config = dataclasses.replace(self._config, **fields)
             if "random_seed" in fields:
@@ -419,8 +479,8 @@ class XaiSimulator:
             self._calls.clear()
             self._jobs.clear()
             self._injections.clear()
-            self._chat_requests = _SlidingWindow(60.0)
-            self._chat_tokens = _SlidingWindow(60.0)
+            self._chat_requests = _Bucket()
+            self._chat_tokens = _Bucket()
             self._video_requests = _SlidingWindow(1.0)
         self._scheduler.clear()
 
@@ -483,7 +543,9 @@ class XaiSimulator:
 
     def _api_reply(self, request: _Request) -> _Reply:
         handler, allowed = None, False
-        for method, pattern, route_handler in self._routes:
+        for method, pattern, route_handler, extension in self._routes:
+            if extension and not getattr(request.config, extension):
+                continue
             match = pattern.fullmatch(request.path)
             if match:
                 allowed = True
@@ -493,11 +555,19 @@ class XaiSimulator:
         if handler is None:
             if allowed:
                 return _error_reply(405, f"Method {request.method} not allowed")
-            return _error_reply(404, f"No such endpoint: {request.path}", code="not_found")
+            return _error_reply(404, f"No such endpoint: {request.path}")
         request.request_id = request.params.get("id")
-        key = request.config.api_key
-        if key and request.headers.get("Authorization") != f"Bearer {key}":
-            return _error_reply(401, "Incorrect API key provided", code="invalid_api_key")
+        config = request.config
+        given = request.headers.get("Authorization") or ""
+        if config.api_key and given != f"Bearer {config.api_key}":
+            if not given.startswith("Bearer ") or not given.removeprefix("Bearer ").strip():
+                return _error_reply(401, "No API key provided: send it as 'Authorization: Bearer <key>'")
+            # xAI answers a wrong key with 400, masking all but the key's first characters.
+            shown = given.removeprefix("Bearer ")[:2] + "***"
+            return _error_reply(400, f"Incorrect API key provided: {shown}")
+        if config.credits_exhausted:
+            team = uuid.uuid5(uuid.NAMESPACE_URL, config.api_key or "team")
+            return _error_reply(config.credits_exhausted_status, BILLING_MESSAGE.format(team=team))
         fault = self._fault_for(request)
         if fault is not None:
             return self._faulted(fault, request.config)
@@ -532,11 +602,12 @@ class XaiSimulator:
             raise _DropConnection(reset=True)
         if outcome == "hang":
             self._sleep(config.hang_seconds)
-            return _error_reply(504, "Gateway timeout", kind="server_error")
+            return _error_reply(504, "Gateway timeout")
         if outcome == 429:
-            return _rate_limited(1.0, {})
-        kind = "server_error" if outcome >= 500 else "invalid_request_error"
-        return _error_reply(outcome, f"Injected fault (HTTP {outcome})", kind=kind)
+            return _rate_limited(1.0, {}, config)
+        if outcome == 422:  # xAI's 422s (bodies it cannot deserialize) are plain text
+            return _plain_reply(422, "Injected fault (HTTP 422)")
+        return _error_reply(outcome, f"Injected fault (HTTP {outcome})")
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and self._stopping.wait(seconds):
@@ -554,26 +625,27 @@ class XaiSimulator:
     # -- rate limits -------------------------------------------------------------------------------
 
     def _admit_chat(self, config: SimulatorConfig, tokens: int) -> dict[str, str]:
-        """Charge one request and `tokens` tokens, or raise 429; returns the x-ratelimit-* headers."""
+        """Charge one request and `tokens` tokens, or raise 429; returns the x-ratelimit-* headers when
+        that extension is on (else none)."""
         rpm, tpm = config.requests_per_minute, config.tokens_per_minute
+        buckets = [(self._chat_requests, "requests", rpm, 1)] if rpm else []
+        buckets += [(self._chat_tokens, "tokens", tpm, tokens)] if tpm else []
         with self._lock:
             now = time.monotonic()
-            self._chat_requests.expire(now)
-            self._chat_tokens.expire(now)
             wait = max(
-                self._chat_requests.wait_for(now, 1, rpm) if rpm else 0.0,
-                self._chat_tokens.wait_for(now, tokens, tpm) if tpm else 0.0,
+                [bucket.wait_for(now, amount, limit / 60) for bucket, _, limit, amount in buckets] or [0]
             )
+            if tpm and tokens > tpm:
+                wait = math.inf
             if wait <= 0:
-                self._chat_requests.add(now, 1)
-                self._chat_tokens.add(now, tokens)
+                for bucket, _, _, amount in buckets:
+                    bucket.take(amount)
             headers = {}
-            if rpm:
-                headers |= _limit_headers("requests", rpm, self._chat_requests, now)
-            if tpm:
-                headers |= _limit_headers("tokens", tpm, self._chat_tokens, now)
+            if config.rate_limit_headers:
+                for bucket, unit, limit, _ in buckets:
+                    headers |= _limit_headers(unit, limit, bucket.level, bucket.full_in(limit / 60))
         if wait > 0:
-            raise _ApiError(_rate_limited(wait, headers, too_large=math.isinf(wait)))
+            raise _ApiError(_rate_limited(wait, headers, config, too_large=math.isinf(wait)))
         return headers
 
     def _admit_video(self, config: SimulatorConfig) -> None:
@@ -587,8 +659,11 @@ class XaiSimulator:
             if wait <= 0:
                 self._video_requests.add(now, 1)
                 return
-            headers = _limit_headers("requests", limit, self._video_requests, now)
-        raise _ApiError(_rate_limited(wait, headers))
+            headers = {}
+            if config.rate_limit_headers:
+                left = limit - self._video_requests.used
+                headers = _limit_headers("requests", limit, left, self._video_requests.reset_after(now))
+        raise _ApiError(_rate_limited(wait, headers, config))
 
     # -- chat --------------------------------------------------------------------------------------
 
@@ -647,11 +722,7 @@ class XaiSimulator:
             job_id = request.params["id"]
             job = self._jobs.get(job_id)
             if job is None or job.kind != "chat" or job.delivered:
-                raise _ApiError(
-                    _error_reply(
-                        404, f"No deferred completion with id {job_id}", code="not_found", headers=headers
-                    )
-                )
+                raise _ApiError(_error_reply(404, f"No deferred completion with id {job_id}", headers))
             if job.state(time.time()) == "pending":
                 return _Reply(202, None, headers)
             job.delivered = True
@@ -781,7 +852,7 @@ class XaiSimulator:
             now = time.time()
             state = job.state(now)
             if state != "pending":
-                raise _ApiError(_error_reply(409, f"Video {job.id} is already {state}", code="conflict"))
+                raise _ApiError(_error_reply(409, f"Video {job.id} is already {state}"))
             job.cancelled_at = now
         key = "id" if request.config.seed_shapes else "request_id"
         return _Reply(200, {key: job.id, "status": "cancelled"})
@@ -803,7 +874,7 @@ class XaiSimulator:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None or job.kind != kind:
-            raise _ApiError(_error_reply(404, f"No {kind} request with id {job_id}", code="not_found"))
+            raise _ApiError(_error_reply(404, f"No {kind} request with id {job_id}"))
         return job
 
     def _add_job(
@@ -873,20 +944,25 @@ class XaiSimulator:
         return _Reply(404, {"error": f"no control endpoint {method} {path}"})
 
 
-def _rate_limited(wait: float, headers: dict[str, str], too_large: bool = False) -> _Reply:
-    message = "Request too large for the tokens-per-minute limit" if too_large else "Rate limit exceeded"
-    retry_after = 60 if math.isinf(wait) else max(1, math.ceil(wait))
-    return _error_reply(
-        429, message, kind="rate_limit_error", code=429, headers=headers | {"Retry-After": str(retry_after)}
-    )
+def _rate_limited(
+    wait: float, headers: dict[str, str], config: SimulatorConfig, too_large: bool = False
+) -> _Reply:
+    if too_large:
+        message = "The request is larger than the team's tokens-per-minute limit"
+    else:
+        message = "The team has reached its rate limit for this model; slow down and retry later"
+    if config.retry_after:
+        headers = headers | {"Retry-After": str(60 if math.isinf(wait) else max(1, math.ceil(wait)))}
+    return _error_reply(429, message, headers)
 
 
-def _limit_headers(unit: str, limit: int, window: _SlidingWindow, now: float) -> dict[str, str]:
-    # reset-* is the time until the oldest charge leaves the window, i.e. when capacity next grows.
+def _limit_headers(unit: str, limit: int, remaining: float, reset: float) -> dict[str, str]:
+    """The extension's headers: the configured limit, what may go now, and the seconds until the
+    budget is whole again."""
     return {
         f"x-ratelimit-limit-{unit}": str(limit),
-        f"x-ratelimit-remaining-{unit}": str(max(0, limit - window.used)),
-        f"x-ratelimit-reset-{unit}": f"{window.reset_after(now):.2f}s",
+        f"x-ratelimit-remaining-{unit}": str(max(0, math.floor(remaining + 1e-9))),
+        f"x-ratelimit-reset-{unit}": f"{reset:.2f}s",
     }
 
 
@@ -961,7 +1037,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except Exception as error:  # a simulator bug: answer it rather than leave the client hanging
             traceback.print_exc()
-            reply = _error_reply(500, f"xAI simulator error: {error!r}", kind="server_error")
+            reply = _error_reply(500, f"xAI simulator error: {error!r}")
         payload = reply.payload()
         try:
             self.send_response(reply.status)

@@ -7,6 +7,7 @@ import httpx
 
 from local.stack import LocalStack
 
+SIGV4 = "X-Amz-Algorithm=AWS4-HMAC-SHA256"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 

@@ -3,7 +3,7 @@
 import json
 import time
 
-from .helpers import TERMINAL, assert_each_once, jsonl, read_lines, request_line
+from .helpers import SIGV4, TERMINAL, assert_each_once, jsonl, read_lines, request_line
 
 
 def test_a_batch_runs_every_request_once_and_writes_results_in_input_order(batches, stack, sim):
@@ -15,6 +15,7 @@ def test_a_batch_runs_every_request_once_and_writes_results_in_input_order(batch
 
     assert batch["status"] == "completed", batch
     assert batch["request_counts"] == {"total": 60, "completed": 60, "failed": 0}
+    assert SIGV4 in batch["output_file_url"] and SIGV4 in batch["error_file_url"]
     output = read_lines(batch["output_file_url"])
     assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(60)]
     assert output[7]["response"]["status_code"] == 200

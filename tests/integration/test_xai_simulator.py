@@ -179,7 +179,7 @@ def test_video_edit_requires_a_source_video(start_simulator):
     missing = http.post("/videos/edits", json=video_body())
     accepted = http.post("/videos/edits", json=video_body(video={"url": "https://example.com/in.mp4"}))
 
-    assert missing.status_code == 400 and "video.url" in missing.json()["error"]["message"]
+    assert missing.status_code == 400 and "video.url" in missing.json()["error"]
     assert accepted.status_code == 200 and "request_id" in accepted.json()
 
 
@@ -197,8 +197,19 @@ def test_failure_rate_one_fails_every_video(start_simulator):
     assert httpx.get(f"{sim.url}/media/{request_id}.mp4").status_code == 404
 
 
-def test_cancel_stops_a_pending_video_and_conflicts_once_finished(start_simulator):
+def test_cancel_route_exists_only_as_an_extension(start_simulator):
     sim = start_simulator(video_duration_median=10.0)
+    http = client(sim)
+    request_id = http.post("/videos/generations", json=video_body()).json()["request_id"]
+
+    cancel = http.post(f"/videos/{request_id}/cancel")
+
+    assert cancel.status_code == 404 and cancel.json()["code"] == "Some requested entity was not found"
+    assert http.get(f"/videos/{request_id}").json()["status"] == "pending"  # nothing was cancelled
+
+
+def test_cancel_stops_a_pending_video_and_conflicts_once_finished(start_simulator):
+    sim = start_simulator(video_duration_median=10.0, video_cancel=True, video_requests_per_second=0)
     http = client(sim)
     slow = http.post("/videos/generations", json=video_body()).json()["request_id"]
 
@@ -236,42 +247,68 @@ def test_seed_shapes_use_id_processing_completed_and_data_url(start_simulator):
     assert set(deferred) == {"id"}
 
 
-def test_requests_per_minute_limit_answers_429_with_headers(start_simulator):
-    sim = start_simulator(requests_per_minute=3)
+RATE_LIMITED = "Some resource has been exhausted"
+
+
+def test_requests_per_minute_are_enforced_per_second_with_a_bare_429(start_simulator):
+    sim = start_simulator(requests_per_minute=120)  # 2 per second
     http = client(sim)
 
-    replies = [http.post("/chat/completions", json=chat_body()) for _ in range(4)]
+    replies = [http.post("/chat/completions", json=chat_body()) for _ in range(3)]
+    time.sleep(0.55)  # half a second refills one request
+    later = http.post("/chat/completions", json=chat_body())
 
-    assert [r.status_code for r in replies] == [200, 200, 200, 429]
-    assert [r.headers["x-ratelimit-remaining-requests"] for r in replies[:3]] == ["2", "1", "0"]
-    limited = replies[3]
-    assert limited.json() == {
-        "error": {"message": "Rate limit exceeded", "type": "rate_limit_error", "code": 429}
-    }
-    assert 59 <= int(limited.headers["retry-after"]) <= 60  # the first charge leaves the 60 s window
-    assert limited.headers["x-ratelimit-limit-requests"] == "3"
-    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
-    assert float(limited.headers["x-ratelimit-reset-requests"].removesuffix("s")) > 58
+    assert [r.status_code for r in replies] == [200, 200, 429]
+    limited = replies[2]
+    assert limited.json()["code"] == RATE_LIMITED and set(limited.json()) == {"code", "error"}
+    assert "credits" not in limited.json()["error"]  # not the billing 429
+    for reply in replies:
+        assert "retry-after" not in reply.headers
+        assert not [name for name in reply.headers if name.startswith("x-ratelimit")]
+    assert later.status_code == 200
     assert sim.count("/v1/chat/completions", status=429) == 1
 
 
-def test_tokens_per_minute_limit_charges_prompt_plus_max_tokens(start_simulator):
-    sim = start_simulator(tokens_per_minute=100)
+def test_a_minute_of_requests_cannot_go_in_one_second(start_simulator):
+    sim = start_simulator(requests_per_minute=600)  # 10 per second, however long the account was idle
+    http = client(sim)
+    time.sleep(0.3)
+
+    statuses = [http.post("/chat/completions", json=chat_body()).status_code for _ in range(15)]
+
+    assert 10 <= statuses.count(200) <= 11 and statuses[:10] == [200] * 10
+    assert statuses.count(429) >= 4
+
+
+def test_tokens_per_minute_are_enforced_per_second_charging_prompt_plus_max_tokens(start_simulator):
+    sim = start_simulator(tokens_per_minute=6000)  # 100 tokens per second
     http = client(sim)
     body = chat_body("hi", max_tokens=40)  # ceil(2 / 4) + 3 = 4 prompt tokens, 44 charged
 
     replies = [http.post("/chat/completions", json=body) for _ in range(3)]
-    small = http.post("/chat/completions", json=chat_body("hi", max_tokens=5))  # 9 tokens still fit
+    small = http.post("/chat/completions", json=chat_body("hi", max_tokens=5))  # 9 of the 12 left
+    huge = http.post("/chat/completions", json=chat_body("x" * 40_000))  # more than a minute's tokens
 
     assert [r.status_code for r in replies] == [200, 200, 429]
-    assert replies[0].headers["x-ratelimit-remaining-tokens"] == "56"
-    assert replies[2].headers["x-ratelimit-limit-tokens"] == "100"
-    assert int(replies[2].headers["retry-after"]) >= 1
-    assert small.status_code == 200 and small.headers["x-ratelimit-remaining-tokens"] == "3"
+    assert small.status_code == 200
+    assert huge.status_code == 429 and "tokens-per-minute" in huge.json()["error"]
 
 
-def test_video_submits_are_limited_per_second_but_polls_are_not(start_simulator):
-    sim = start_simulator(video_requests_per_second=1, video_duration_median=10.0)
+def test_rate_limit_headers_and_retry_after_are_extensions(start_simulator):
+    sim = start_simulator(requests_per_minute=120, rate_limit_headers=True, retry_after=True)
+    http = client(sim)
+
+    replies = [http.post("/chat/completions", json=chat_body()) for _ in range(3)]
+
+    assert [r.status_code for r in replies] == [200, 200, 429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in replies] == ["1", "0", "0"]
+    assert replies[2].headers["x-ratelimit-limit-requests"] == "120"
+    assert 0.4 < float(replies[2].headers["x-ratelimit-reset-requests"].removesuffix("s")) <= 1.0
+    assert replies[2].headers["retry-after"] == "1"
+
+
+def test_video_submits_are_limited_to_one_per_second_by_default_but_polls_are_not(start_simulator):
+    sim = start_simulator(video_duration_median=10.0)
     http = client(sim)
 
     first = http.post("/videos/generations", json=video_body())
@@ -280,11 +317,54 @@ def test_video_submits_are_limited_per_second_but_polls_are_not(start_simulator)
     time.sleep(1.05)
     third = http.post("/videos/edits", json=video_body(video={"url": "https://example.com/a.mp4"}))
 
+    assert SimulatorConfig().video_requests_per_second == 1
     assert (first.status_code, second.status_code, third.status_code) == (200, 429, 200)
-    assert second.headers["retry-after"] == "1"
-    assert "request_id" not in second.json()
-    assert polls == [200] * 5
+    assert "retry-after" not in second.headers
+    assert second.json()["code"] == RATE_LIMITED
+    assert all(status < 300 for status in polls)
     assert sim.stats()["jobs"] == {"video:pending": 2}
+
+
+BILLING = "has either used all available credits or reached its monthly spending limit"
+
+
+@pytest.mark.parametrize("status", [429, 403])
+def test_credits_exhausted_mode_answers_every_call_with_the_billing_error(start_simulator, status):
+    sim = start_simulator(deferred_chat_duration=0.05)
+    http = client(sim)
+    video = http.post("/videos/generations", json=video_body()).json()["request_id"]
+    deferred = http.post("/chat/completions", json=chat_body(deferred=True)).json()["request_id"]
+    time.sleep(0.1)
+
+    switched = httpx.post(
+        f"{sim.url}/sim/config", json={"credits_exhausted": True, "credits_exhausted_status": status}
+    )
+    blocked = [
+        http.post("/chat/completions", json=chat_body()),
+        http.post("/videos/generations", json=video_body()),
+        http.get(f"/videos/{video}"),
+        http.get(f"/chat/deferred-completion/{deferred}"),
+        http.post("/responses", json={"model": CHAT_MODEL, "input": "hi"}),
+    ]
+    sim.update(credits_exhausted=False)
+    after = [
+        http.post("/chat/completions", json=chat_body()),
+        http.get(f"/chat/deferred-completion/{deferred}"),
+    ]
+
+    assert switched.status_code == 200 and switched.json()["credits_exhausted"] is True
+    assert [r.status_code for r in blocked] == [status] * 5
+    expected_code = (
+        RATE_LIMITED
+        if status == 429
+        else "The caller does not have permission to execute the specified operation"
+    )
+    for reply in blocked:
+        assert reply.json()["code"] == expected_code and BILLING in reply.json()["error"]
+        assert "retry-after" not in reply.headers
+    # Nothing was consumed while blocked: the deferred result is still handed out, once.
+    assert [r.status_code for r in after] == [200, 200]
+    assert httpx.post(f"{sim.url}/sim/config", json={"credits_exhausted_status": 402}).status_code == 400
 
 
 def test_injected_outcomes_are_consumed_in_order_for_matching_paths(start_simulator):
@@ -298,10 +378,10 @@ def test_injected_outcomes_are_consumed_in_order_for_matching_paths(start_simula
     httpx.post(f"{sim.url}/sim/inject", json={"path_prefix": "/v1/videos/", "outcomes": [500]})
     video_fault = http.post("/videos/generations", json=video_body())
 
-    assert first.status_code == 503 and first.json()["error"]["type"] == "server_error"
+    assert first.status_code == 503 and first.json()["code"] == "The service is currently unavailable"
     assert unrelated.status_code == 200
     assert [r.status_code for r in rest] == [429, 500, 200]
-    assert rest[0].headers["retry-after"] == "1"
+    assert rest[0].json()["code"] == RATE_LIMITED and "retry-after" not in rest[0].headers
     assert video_fault.status_code == 500
     assert sim.stats()["jobs"] == {"video:pending": 1}  # a faulted submit creates no job
 
@@ -347,22 +427,30 @@ def test_injected_reset_closes_the_connection(start_simulator):
     assert sim.calls[0].status == 0
 
 
-def test_missing_or_wrong_api_key_is_401(start_simulator):
+def test_missing_api_key_is_401_and_a_wrong_one_400_as_xai_answers(start_simulator):
     sim = start_simulator()
 
     anonymous = httpx.post(f"{sim.base_url}/chat/completions", json=chat_body())
     wrong = httpx.post(
-        f"{sim.base_url}/chat/completions", json=chat_body(), headers={"Authorization": "Bearer nope"}
+        f"{sim.base_url}/chat/completions",
+        json=chat_body(),
+        headers={"Authorization": "Bearer xai-wrong-key"},
     )
 
-    assert anonymous.status_code == 401 and wrong.status_code == 401
-    assert wrong.json()["error"]["code"] == "invalid_api_key"
-    assert sim.count(status=401) == 2
+    assert anonymous.status_code == 401
+    assert wrong.status_code == 400
+    assert wrong.json() == {
+        "code": "Client specified an invalid argument",
+        "error": "Incorrect API key provided: xa***",
+    }
+    assert sim.count(status=401) == 1 and sim.count(status=400) == 1
 
 
 def test_callbacks_are_posted_when_jobs_finish(start_simulator, callback_receiver):
     url, received = callback_receiver
-    sim = start_simulator(callbacks=True, video_duration_median=0.3, deferred_chat_duration=0.2)
+    sim = start_simulator(
+        callbacks=True, video_duration_median=0.3, deferred_chat_duration=0.2, video_requests_per_second=0
+    )
     http = client(sim)
 
     video = http.post("/videos/generations", json=video_body(callback_url=url)).json()["request_id"]
@@ -445,7 +533,7 @@ def test_bad_bodies_are_rejected_naming_the_field(start_simulator, path, body, s
     reply = client(sim).post(path, json=body)
 
     assert reply.status_code == status
-    assert names in reply.json()["error"]["message"]
+    assert names in reply.json()["error"]
     assert sim.stats()["jobs"] == {}
 
 
@@ -456,7 +544,8 @@ def test_invalid_json_is_400(start_simulator):
         "/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
     )
 
-    assert reply.status_code == 400 and reply.json()["error"]["type"] == "invalid_request_error"
+    assert reply.status_code == 400 and reply.headers["content-type"].startswith("text/plain")
+    assert "JSON" in reply.text
 
 
 def test_command_line_serves_until_interrupted():

@@ -117,14 +117,14 @@ def test_deferred_chat_is_pending_then_done_then_expired_because_it_is_handed_ou
 
 
 def test_chat_returns_the_completion_and_the_rate_limit_headers(sim, xai):
-    sim.update(requests_per_minute=100)
+    sim.update(requests_per_minute=6000, rate_limit_headers=True)  # headers: an extension xAI lacks
 
     reply = xai.chat(CHAT)
 
     assert reply.status_code == 200
     assert reply.body["choices"][0]["message"]["content"] == "echo: hello there"
-    assert reply.limits.limit_requests == 100
-    assert reply.limits.remaining_requests == 99
+    assert reply.limits.limit_requests == 6000
+    assert reply.limits.remaining_requests == 99  # of the second's 100
 
 
 # -- 429 -------------------------------------------------------------------------------------------
@@ -141,9 +141,8 @@ def test_injected_429_raises_rate_limited_with_the_retry_after_and_is_not_retrie
 
 
 def test_requests_per_minute_limit_raises_rate_limited_with_parsed_limits(sim, xai):
-    # Given an account allowing 2 requests per minute, both already used
-    sim.update(requests_per_minute=2)
-    xai.chat(CHAT)
+    # Given an account allowing 2 requests per minute (one per 30 s), the one already used
+    sim.update(requests_per_minute=2, rate_limit_headers=True, retry_after=True)  # the headers extension
     xai.chat(CHAT)
 
     # When a third request is made
@@ -152,10 +151,10 @@ def test_requests_per_minute_limit_raises_rate_limited_with_parsed_limits(sim, x
 
     # Then the wait and the x-ratelimit-* headers are reported
     limited = caught.value
-    assert 0 < limited.retry_after <= 60
+    assert 0 < limited.retry_after <= 30
     assert limited.limits.limit_requests == 2
     assert limited.limits.remaining_requests == 0
-    assert 0 < limited.limits.reset_requests <= 60
+    assert 0 < limited.limits.reset_requests <= 30
     assert limited.limits.limit_tokens is None
     assert sim.count("/v1/chat/completions", status=429) == 1
 
@@ -304,11 +303,11 @@ def test_the_api_key_never_appears_in_exception_messages(sim, make_client, api_k
     wrong_key = "sk-wrong-key-that-must-never-leak-42"
     leaks = []
 
-    # 401: the simulator refuses the key
+    # 400: xAI refuses a wrong key as an invalid argument
     client = make_client(sim.base_url, api_key=wrong_key)
     with pytest.raises(XaiRejected) as rejected:
         client.submit(VIDEO_GENERATION, VIDEO)
-    assert rejected.value.status_code == 401
+    assert rejected.value.status_code == 400 and rejected.value.code == "invalid_argument"
     leaks.append(_error_text(rejected.value))
 
     # 429, 503 and timeouts with the right key
@@ -330,7 +329,24 @@ def test_the_api_key_never_appears_in_exception_messages(sim, make_client, api_k
 # -- cancel ----------------------------------------------------------------------------------------
 
 
-def test_cancel_of_a_pending_video_succeeds_and_the_video_ends_cancelled(sim, xai):
+def test_cancel_calls_no_route_xai_lacks_unless_told_the_upstream_has_one(sim, xai):
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+
+    assert xai.cancel(VIDEO_GENERATION, request_id) is False
+
+    assert [c.path for c in sim.calls] == ["/v1/videos/generations"]
+    assert xai.status(VIDEO_GENERATION, request_id).state == "pending"
+
+
+@pytest.fixture
+def cancelling(sim, make_client):
+    """The simulator and a client both with the video cancel route (an extension)."""
+    sim.update(video_cancel=True)
+    return make_client(sim.base_url, video_cancel=True)
+
+
+def test_cancel_of_a_pending_video_succeeds_and_the_video_ends_cancelled(sim, cancelling):
+    xai = cancelling
     request_id = xai.submit(VIDEO_GENERATION, VIDEO)
 
     assert xai.cancel(VIDEO_GENERATION, request_id) is True
@@ -340,12 +356,14 @@ def test_cancel_of_a_pending_video_succeeds_and_the_video_ends_cancelled(sim, xa
     assert status.error["code"] == "cancelled"
 
 
-def test_cancel_of_an_unknown_video_is_false(sim, xai):
+def test_cancel_of_an_unknown_video_is_false(sim, cancelling):
+    xai = cancelling
     assert xai.cancel(VIDEO_GENERATION, "no-such-id") is False
     assert sim.count("/v1/videos/no-such-id/cancel", status=404) == 1
 
 
-def test_cancel_of_a_finished_video_is_false(sim, xai, settle):
+def test_cancel_of_a_finished_video_is_false(sim, cancelling, settle):
+    xai = cancelling
     request_id = xai.submit(VIDEO_GENERATION, VIDEO)
     settle(xai, VIDEO_GENERATION, request_id)
 

@@ -11,7 +11,7 @@ from .models import BadRequest, parse_job_request
 from .notify import check_callback_token
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
-from .upstream import secret
+from .upstream import account, secret
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
@@ -44,6 +44,12 @@ def tenant_of(app) -> str:
     if not tenant:
         raise Unauthenticated("this API needs an API key: send Authorization: Bearer <key>")
     return tenant
+
+
+def paused(view: dict, running: bool) -> dict:
+    """A running job or batch says why it waits while the xAI account is blocked (account.py)."""
+    block = account().blocked() if running else None
+    return view | block.view() if block else view
 
 
 def page_limit(params: dict) -> int:
@@ -120,7 +126,8 @@ def get_deferred_completion(request_id: str):
 @router.get("/v1/jobs/<job_id>")
 @router.get("/v1/videos/<job_id>")
 def get_job(job_id: str):
-    return job_view(_store().get_for_tenant(job_id, tenant_of(router)))
+    job = _store().get_for_tenant(job_id, tenant_of(router))
+    return paused(job_view(job), job["status"] not in jobs.TERMINAL)
 
 
 @router.get("/v1/jobs")

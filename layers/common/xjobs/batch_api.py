@@ -1,14 +1,14 @@
 """HTTP routes for batch input files and batches (shaped like OpenAI's Files and Batch APIs)."""
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import aws, batches
-from .api import list_page, page_limit, tenant_of
+from .api import list_page, page_limit, paused, tenant_of
 from .batch_ingest import INCOMING_PREFIX
 from .file_api import file_store
 from .files import FileNotFound
@@ -22,6 +22,7 @@ logger = Logger(child=True)
 router = Router()
 
 MAX_COMPLETION_WINDOW_SECONDS = 86400
+MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512
 
 
 class NewBatch(BaseModel):
@@ -29,8 +30,15 @@ class NewBatch(BaseModel):
     input_file_id: str = Field(pattern=r"^file_[0-9A-Z]{26}$", description="an uploaded file's id")
     endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
     # OpenAI accepts "24h" only; shorter windows ("90s", "30m", "2h") end a batch sooner.
-    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]*[smh]$")
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]{0,5}[smh]$", max_length=7)
+    # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: (
+        dict[
+            Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
+            Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)],
+        ]
+        | None
+    ) = Field(default=None, max_length=MAX_METADATA_PAIRS)
 
     def window_seconds(self) -> int:
         seconds = int(self.completion_window[:-1]) * {"s": 1, "m": 60, "h": 3600}[self.completion_window[-1]]
@@ -102,7 +110,8 @@ def create_batch():
 
 @router.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str):
-    return batch_view(_store().get_for_tenant(batch_id, tenant_of(router)))
+    batch = _store().get_for_tenant(batch_id, tenant_of(router))
+    return paused(batch_view(batch), batch["status"] in batches.RUNNING)
 
 
 @router.get("/v1/batches")
