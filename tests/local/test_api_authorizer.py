@@ -21,7 +21,7 @@ def _authorizer_calls(stack) -> int:
 
 def test_a_request_without_the_identity_source_is_a_401_without_calling_the_authorizer(stack, api):
     before = _authorizer_calls(stack)
-    reply = httpx.get(f"{api}/echo")
+    reply = httpx.get(f"{api}/echo", timeout=30)
     assert reply.status_code == 401
     assert reply.json() == {"message": "Unauthorized"}
     assert _authorizer_calls(stack) == before
@@ -29,18 +29,18 @@ def test_a_request_without_the_identity_source_is_a_401_without_calling_the_auth
 
 def test_an_allow_reaches_the_function_with_the_context_and_is_cached_for_the_ttl(stack, api):
     token = f"allow-{time.time_ns()}"
-    first = httpx.get(f"{api}/echo", headers={"Authorization": token})
+    first = httpx.get(f"{api}/echo", headers={"Authorization": token}, timeout=30)
     assert first.status_code == 200, first.text
     assert first.json()["who"] == token.removeprefix("allow-")
     assert first.json()["principalId"] == token
-    second = httpx.get(f"{api}/echo", headers={"Authorization": token})
+    second = httpx.get(f"{api}/echo", headers={"Authorization": token}, timeout=30)
     assert second.json() == first.json()
     calls = [
         i for i in invocations(stack, "AuthorizerFunction") if i.event["headers"]["Authorization"] == token
     ]
     assert len(calls) == 1  # the second answer came from the cache
     time.sleep(2.2)  # ReauthorizeEvery: 2
-    httpx.get(f"{api}/echo", headers={"Authorization": token})
+    httpx.get(f"{api}/echo", headers={"Authorization": token}, timeout=30)
     wait_until(
         lambda: (
             len(
@@ -65,12 +65,12 @@ def test_an_allow_reaches_the_function_with_the_context_and_is_cached_for_the_tt
     ],
 )
 def test_deny_unauthorized_and_failure(api, token, status, message):
-    reply = httpx.get(f"{api}/echo", headers={"Authorization": token})
+    reply = httpx.get(f"{api}/echo", headers={"Authorization": token}, timeout=30)
     assert reply.status_code == status, reply.text
     assert reply.json() == {"message": message}
 
 
 def test_an_unknown_route_is_missing_authentication_token_without_gateway_responses(api):
-    reply = httpx.get(f"{api}/nowhere", headers={"Authorization": "allow-x"})
+    reply = httpx.get(f"{api}/nowhere", headers={"Authorization": "allow-x"}, timeout=30)
     assert reply.status_code == 403
     assert reply.json() == {"message": "Missing Authentication Token"}
