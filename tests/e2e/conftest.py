@@ -34,6 +34,17 @@ def stack():
     assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)
 
 
+@pytest.fixture(autouse=True)
+def xai_contract_kept(stack, request):
+    """Fails the test if a request the stack sent to xAI, or an answer of the simulator, broke xAI's
+    contract (local/xai_contract) while it ran."""
+    since = len(stack.simulator.calls)
+    yield
+    deliberate = request.node.get_closest_marker("sends_invalid_requests") is not None
+    problems = stack.simulator.violations(since, requests=not deliberate)
+    assert not problems, "xAI contract violations:\n" + "\n".join(problems)
+
+
 @pytest.fixture
 def sim(stack):
     """The simulator, put back to the session's configuration after each test."""

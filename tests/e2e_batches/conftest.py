@@ -33,6 +33,16 @@ def stack():
     assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)
 
 
+@pytest.fixture(autouse=True)
+def xai_contract_kept(sim, request):
+    """Fails the test if a request a worker sent to xAI, or an answer of the simulator, broke xAI's
+    contract (local/xai_contract) while it ran (`sim` empties the log first)."""
+    yield
+    deliberate = request.node.get_closest_marker("sends_invalid_requests") is not None
+    problems = sim.violations(requests=not deliberate)
+    assert not problems, "xAI contract violations:\n" + "\n".join(problems)
+
+
 @pytest.fixture
 def sim(stack):
     """The simulator with an empty call log, put back to the session's configuration after each test."""
