@@ -99,7 +99,7 @@ def test_a_submit_timeout_is_not_sent_again(batch_settings, sim, pending_video, 
     sim.update(hang_seconds=3)
     sim.inject("/v1/videos/generations", "hang")
     monkeypatch.setattr(
-        upstream, "_client", lambda base, key: XaiClient(base, key, timeout=0.5, max_attempts=2)
+        upstream, "_client", lambda base, key, *_: XaiClient(base, key, timeout=0.5, max_attempts=2)
     )
 
     reply = loop.poll(pending_video, 0)

@@ -43,6 +43,7 @@ DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
 RESULT_MARGIN_SECONDS = 5  # time left after an xAI call to record its result
 REPEAT_RETURN_SECONDS = 10  # a second copy of a message in one invocation waits for the first's result
 MAX_DELAY_SECONDS = 900  # SQS's longest DelaySeconds
+SHORT_WAIT_SECONDS = 1.0  # a request waits for the limiter in the worker this long at most
 _requests = ThreadPoolExecutor(max_workers=32, thread_name_prefix="batch-request")
 
 
@@ -146,9 +147,10 @@ class _Work:
             self._later(message, account().pause_seconds())
             return
         if not self.admitted:
-            wait = self.limiter.try_acquire(tokens=message["tokens"])
+            wait = self._admit(message["tokens"])
             if wait:
-                chat_rate().grow()  # held back without a 429: the demand is above the rate
+                if self.limiter.busy():
+                    chat_rate().grow()  # held back, the rate used, no 429: the demand is above it
                 self._later(message, wait)
                 return
         body = message.get("body") or self._stored_body(message["body_key"])
@@ -183,6 +185,16 @@ class _Work:
             batches.request_id(), message["custom_id"], reply.status_code, reply.body, upstream_id
         )
         self._keep(message, True, line)
+
+    def _admit(self, tokens: int) -> float:
+        """The limiter's answer for one request; a wait of less than ``SHORT_WAIT_SECONDS`` is waited
+        here — the invocation lasts as long as its slowest request anyway — rather than by a message."""
+        deadline = time.monotonic() + SHORT_WAIT_SECONDS
+        wait = self.limiter.try_acquire(tokens=tokens)
+        while wait and time.monotonic() + wait < deadline:
+            time.sleep(wait + random.uniform(0, 0.02))
+            wait = self.limiter.try_acquire(tokens=tokens)
+        return wait
 
     def _may_probe(self) -> bool:
         """While the account is blocked, at most one request of all workers goes per probe interval."""
