@@ -59,3 +59,23 @@ def test_the_layer_pins_every_package_it_ships_at_the_locked_version():
     assert {
         name: version for name, version in _pins(ROOT / "requirements.lock").items() if name in layer
     } == layer
+
+
+def test_data_survives_the_stack_and_travels_encrypted():
+    resources = deploy_check.translated(TEMPLATE)["Resources"]
+    for name in ("JobsTable", "BatchesTable", "BatchItemsTable", "XaiApiKeySecret", "WebhookSigningSecret"):
+        assert resources[name]["DeletionPolicy"] == "Retain", name
+        assert resources[name]["UpdateReplacePolicy"] == "Retain", name
+    # A SecretString literal would be put back over the operator's key by any update of the secret.
+    assert not any("SecretString" in r["Properties"] for r in resources.values() if "Secret" in r["Type"])
+    bucket = resources["DataBucket"]["Properties"]
+    expiring = {rule.get("Prefix"): rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+    assert expiring["files/"]["ExpirationInDays"] == {"Ref": "IncomingFileRetentionDays"}
+    assert expiring["batches/incoming/"]["ExpirationInDays"] == {"Ref": "IncomingFileRetentionDays"}
+    assert expiring["jobs/"]["ExpirationInDays"] == {"Ref": "ResultRetentionDays"}
+    [policy] = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::S3::BucketPolicy"]
+    [deny] = policy["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert resources["NotificationsTopic"]["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
+    for queue in (r["Properties"] for r in resources.values() if r["Type"] == "AWS::SQS::Queue"):
+        assert queue["SqsManagedSseEnabled"] is True
