@@ -93,7 +93,6 @@ class FunctionSpec:
     timeout: int
     memory: int
     environment: dict[str, str]
-    role: str | None = None  # logical id of its execution role
     reserved_concurrency: int | None = None  # ReservedConcurrentExecutions: the most environments at once
 
 
@@ -147,6 +146,7 @@ class Provisioned:
     event_source_mappings: list[dict[str, Any]] = field(default_factory=list)  # resolved properties
     bucket_notifications: dict[str, dict] = field(default_factory=dict)  # bucket -> NotificationConfiguration
     roles: dict[str, list[dict]] = field(default_factory=dict)  # role logical id -> its policy statements
+    principal_roles: dict[str, str] = field(default_factory=dict)  # function/state machine -> its role
     secret_arns: dict[str, str] = field(default_factory=dict)  # secret name -> ARN
 
     def of_type(self, cfn_type: str) -> dict[str, str]:
@@ -432,7 +432,7 @@ class Provisioner:
             MemorySize=int(props.get("MemorySize", 128)),
         )
         reserved = props.get("ReservedConcurrentExecutions")
-        roles = {self.out.attributes[r]["Arn"]: r for r in self.out.roles}
+        self._note_role(lid, props["Role"])
         self.out.functions[lid] = FunctionSpec(
             logical_id=lid,
             name=name,
@@ -442,12 +442,19 @@ class Provisioner:
             timeout=int(props.get("Timeout", 3)),
             memory=int(props.get("MemorySize", 128)),
             environment={k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()},
-            role=roles.get(props["Role"]),
             reserved_concurrency=None if reserved is None else int(reserved),
         )
 
+    def _note_role(self, lid: str, role_arn: str) -> None:
+        """Which of the template's roles a function or state machine runs as (none: a role from elsewhere)."""
+        roles = {self.out.attributes[role]["Arn"]: role for role in self.out.roles}
+        if role_arn in roles:
+            self.out.principal_roles[lid] = roles[role_arn]
+
     def _state_machine(self, lid: str, props: dict) -> None:
         definition = self.resolve(props["DefinitionString"])
+        role_arn = self.resolve(props["RoleArn"])
+        self._note_role(lid, role_arn)
         substitutions = self.resolve(props.get("DefinitionSubstitutions", {}))
         for key, value in substitutions.items():
             definition = definition.replace("${" + key + "}", str(value))
@@ -457,7 +464,7 @@ class Provisioner:
         self.session.client("stepfunctions").create_state_machine(
             name=self.out.attributes[lid]["Name"],
             definition=definition,
-            roleArn=self.resolve(props["RoleArn"]),
+            roleArn=role_arn,
             type=props.get("StateMachineType", "STANDARD"),
         )
 

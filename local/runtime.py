@@ -19,8 +19,9 @@ AWS) in the emulator call the real handlers.
 
 Credentials. Each function calls AWS as its execution role (see local/iam.py): every botocore client of
 this process resolves its credentials when it signs, from the thread that signs. An environment's thread,
-and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials);
-any other thread with the process's own (the environment's AWS_ACCESS_KEY_ID: the operator's).
+and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials),
+moto's Step Functions interpreter invokes a state machine's Lambda tasks with the state machine's role,
+and any other thread signs with the process's own (the environment's AWS_ACCESS_KEY_ID: the operator's).
 """
 
 import importlib.util
@@ -120,7 +121,7 @@ class _Environment:
         self._requests.put(None)
 
     def _serve(self) -> None:
-        _identity.function = self.spec.logical_id
+        _identity.principal = self.spec.logical_id
         while (invocation := self._requests.get()) is not None:
             if self.handler is None:
                 try:
@@ -376,11 +377,16 @@ class LambdaRuntime:
         for pool in self._pools.values():
             pool.retire_all()
 
-    def use_role_credentials(self, credentials: dict[str, ReadOnlyCredentials]) -> None:
-        """Function logical id -> the credentials its code signs with (its role's, from STS)."""
+    def use_role_credentials(
+        self, credentials: dict[str, ReadOnlyCredentials], state_machines: dict[str, str]
+    ) -> None:
+        """Function or state machine logical id -> the credentials it signs with (its role's, from STS);
+        state_machines: state machine ARN -> logical id."""
         _role_credentials.clear()
         _role_credentials.update(credentials)
-        _sign_as_the_running_function()
+        _state_machines.clear()
+        _state_machines.update(state_machines)
+        _sign_as_the_running_principal()
 
     def patch_moto(self) -> None:
         """Route moto's Lambda invocations to the in-process handlers: Invoke (Step Functions, boto3) runs
@@ -440,25 +446,35 @@ def _serialized(event: dict, limit: int) -> str:
     return text
 
 
-_identity = threading.local()  # .function: the logical id of the function this thread works for
+_identity = threading.local()  # .principal: logical id of the function or state machine the thread works for
 _role_credentials: dict[str, ReadOnlyCredentials] = {}
+_state_machines: dict[str, str] = {}  # ARN -> logical id
 
 
-def current_function() -> str | None:
-    return getattr(_identity, "function", None)
+def current_principal() -> str | None:
+    return getattr(_identity, "principal", None)
 
 
-class _RunningFunctionCredentials(Credentials):
-    """Credentials looked up at signing time: the role's of the function the signing thread works for,
-    else the process's own from the environment."""
+def _as_principal(principal: str | None, fn, *args, **kwargs):
+    before = current_principal()
+    _identity.principal = principal
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _identity.principal = before
+
+
+class _RunningPrincipalCredentials(Credentials):
+    """Credentials looked up at signing time: the role's of the function (or state machine) the signing
+    thread works for, else the process's own from the environment."""
 
     def __init__(self):
         self.method = "xjobs-local-runtime"
 
     def get_frozen_credentials(self) -> ReadOnlyCredentials:
-        function = current_function()
-        if function in _role_credentials:
-            return _role_credentials[function]
+        principal = current_principal()
+        if principal in _role_credentials:
+            return _role_credentials[principal]
         environ = os.environ
         return ReadOnlyCredentials(
             environ.get("AWS_ACCESS_KEY_ID"),
@@ -471,12 +487,15 @@ class _RunningFunctionCredentials(Credentials):
     token = property(lambda self: self.get_frozen_credentials().token)
 
 
-def _sign_as_the_running_function() -> None:
-    """Every botocore session of the process hands out _RunningFunctionCredentials (clients given explicit
-    keys keep them), and work a function submits to a thread pool keeps the function's identity."""
+def _sign_as_the_running_principal() -> None:
+    """Every botocore session of the process hands out _RunningPrincipalCredentials (clients given
+    explicit keys keep them); work a function submits to a thread pool keeps the function's identity; a
+    state machine's Lambda tasks run as the state machine."""
     if getattr(botocore.session.Session.get_credentials, "_xjobs", False):
         return
-    credentials = _RunningFunctionCredentials()
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    credentials = _RunningPrincipalCredentials()
 
     def get_credentials(self):
         return credentials
@@ -486,22 +505,21 @@ def _sign_as_the_running_function() -> None:
 
     submit = ThreadPoolExecutor.submit
 
-    def submit_as_function(self, fn, /, *args, **kwargs):
-        function = current_function()
-        if function is None:
+    def submit_as_principal(self, fn, /, *args, **kwargs):
+        principal = current_principal()
+        if principal is None:
             return submit(self, fn, *args, **kwargs)
+        return submit(self, _as_principal, principal, fn, *args, **kwargs)
 
-        def run(*inner_args, **inner_kwargs):
-            before = current_function()
-            _identity.function = function
-            try:
-                return fn(*inner_args, **inner_kwargs)
-            finally:
-                _identity.function = before
+    ThreadPoolExecutor.submit = submit_as_principal
 
-        return submit(self, run, *args, **kwargs)
+    invoke = lambda_eval_utils.execute_lambda_function_integration
 
-    ThreadPoolExecutor.submit = submit_as_function
+    def invoke_as_state_machine(env, *args, **kwargs):
+        arn = env.states.context_object.context_object_data["StateMachine"]["Id"]
+        return _as_principal(_state_machines.get(arn), invoke, env, *args, **kwargs)
+
+    lambda_eval_utils.execute_lambda_function_integration = invoke_as_state_machine
 
 
 _router_state = threading.local()

@@ -164,23 +164,21 @@ class LocalStack:
         return self
 
     def _enforce_roles(self) -> Authorizer:
-        """Each function signs with credentials of its own role (STS AssumeRole in moto), and the emulator
-        refuses what the role's policies do not allow (local/iam.py)."""
+        """Each function, and each state machine's Lambda tasks, sign with credentials of their own role
+        (STS AssumeRole in moto), and the emulator refuses what the role's policies do not allow
+        (local/iam.py)."""
         sts = self.client("sts")
         authorizer = Authorizer(REGION, ACCOUNT, secret_arns=self.resources.secret_arns)
         credentials = {}
-        for lid, spec in self.resources.functions.items():
-            if spec.role is None:
-                continue
-            role_arn = self.resources.attributes[spec.role]["Arn"]
-            issued = sts.assume_role(RoleArn=role_arn, RoleSessionName=spec.name[:64])["Credentials"]
+        for lid, role in self.resources.principal_roles.items():
+            role_arn = self.resources.attributes[role]["Arn"]
+            issued = sts.assume_role(RoleArn=role_arn, RoleSessionName=lid[:64])["Credentials"]
             credentials[lid] = ReadOnlyCredentials(
                 issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"]
             )
-            authorizer.principals[issued["AccessKeyId"]] = Principal(
-                lid, spec.role, self.resources.roles[spec.role]
-            )
-        self.runtime.use_role_credentials(credentials)
+            authorizer.principals[issued["AccessKeyId"]] = Principal(lid, role, self.resources.roles[role])
+        state_machines = self.resources.of_type("AWS::StepFunctions::StateMachine")
+        self.runtime.use_role_credentials(credentials, {arn: lid for lid, arn in state_machines.items()})
         self.moto.authorizer = authorizer
         return authorizer
 
