@@ -18,6 +18,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
+	$(BIN)/python -m local.deploy_check
 
 # Each end-to-end suite runs in its own process: its local stack points the layer's cached AWS
 # clients at its own emulator.

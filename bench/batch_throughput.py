@@ -124,10 +124,11 @@ def run_ours(stack: LocalStack, faults: dict, requests: int = REQUESTS) -> dict:
     stack.simulator.reset()
     stack.simulator.update(**dataclasses.asdict(SIMULATOR) | faults)
     meter = cost.Meter(stack)
-    api = httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=60)
-    upload = api.post("/v1/files", json={"purpose": "batch"}).json()
+    api = httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=60
+    )
     content = "".join(json.dumps(line) + "\n" for line in _lines(requests)).encode()
-    httpx.put(upload["upload_url"], content=content, timeout=60).raise_for_status()
+    upload = api.post("/v1/files", files={"file": ("input.jsonl", content)}, data={"purpose": "batch"}).json()
     started = time.time()
     batch = api.post("/v1/batches", json={"input_file_id": upload["id"]}).json()
     while batch["status"] not in ("completed", "failed", "expired", "cancelled"):

@@ -62,6 +62,75 @@ def test_video_status_goes_from_pending_to_done_with_a_video_url(sim, xai, settl
     assert last.error is None
 
 
+@pytest.mark.parametrize("body_rate", [0.0, 1.0], ids=["empty-202", "202-with-body"])
+def test_a_pending_video_answering_202_with_or_without_a_body_is_pending(sim, xai, body_rate):
+    # Regression: an empty 202 (as xAI's spec declares it) was read with .json() and the job failed
+    # with JSONDecodeError while xAI went on rendering the video.
+    sim.update(video_pending_body_rate=body_rate, video_duration_median=30.0)
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+
+    status = xai.status(VIDEO_GENERATION, request_id)
+
+    assert sim.calls[-1].status == 202
+    assert status.state == "pending" and status.error is None
+    if body_rate:
+        assert status.progress is not None and 0 <= status.progress < 100
+    else:
+        assert status.progress is None
+
+
+def test_a_moderated_video_fails_with_our_code_xais_message_and_its_cost(sim, xai, settle):
+    sim.update(video_moderation_rate=1.0)
+    request_id = xai.submit(VIDEO_GENERATION, {**VIDEO, "duration": 2})
+
+    status = settle(xai, VIDEO_GENERATION, request_id)
+
+    assert sim.calls[-1].status == 400
+    assert status.state == "failed" and status.video_url is None
+    assert status.error == {
+        "code": "content_moderated",
+        "message": "Generated video rejected by content moderation.",
+        "cost_in_usd_ticks": 2 * 500_000_000,
+    }
+
+
+def test_an_expired_video_reports_expired_with_a_clear_error(sim, xai, settle):
+    sim.update(video_expired_rate=1.0)
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+
+    status = settle(xai, VIDEO_GENERATION, request_id)
+
+    assert status.state == "expired"
+    assert status.error["code"] == "expired" and "no longer available" in status.error["message"]
+
+
+def test_a_400_on_a_video_poll_that_is_not_moderation_is_a_rejection(http_peer, make_client):
+    http_peer.status = 400
+    http_peer.body = b'{"code": "Client specified an invalid argument", "error": "Bad request id"}'
+
+    with pytest.raises(XaiRejected) as caught:
+        make_client(http_peer.url).status(VIDEO_GENERATION, "some-id")
+
+    assert (caught.value.code, caught.value.message) == ("invalid_argument", "Bad request id")
+
+
+def test_flat_error_bodies_give_the_grpc_status_name_and_xais_text(sim, xai):
+    with pytest.raises(XaiRejected) as caught:
+        xai.chat({**CHAT, "presence_penalty": 0.5})
+
+    assert caught.value.status_code == 400
+    assert caught.value.code == "invalid_argument"
+    assert caught.value.message == "Model grok-4 does not support parameter presencePenalty."
+
+
+def test_a_plain_text_422_keeps_its_text(sim, xai):
+    with pytest.raises(XaiRejected) as caught:
+        xai.submit(VIDEO_GENERATION, {"model": "grok-imagine-video"})
+
+    assert caught.value.status_code == 422 and caught.value.code == "http_422"
+    assert "missing field `prompt`" in caught.value.message
+
+
 def test_a_fresh_seed_shaped_simulator_gives_the_same_answers(make_client, settle):
     config = SimulatorConfig(seed_shapes=True, video_duration_median=0.2, video_duration_sigma=0.0)
     with XaiSimulator(config) as seed_sim:
@@ -353,7 +422,7 @@ def test_cancel_of_a_pending_video_succeeds_and_the_video_ends_cancelled(sim, ca
 
     status = xai.status(VIDEO_GENERATION, request_id)
     assert status.state == "failed"
-    assert status.error["code"] == "cancelled"
+    assert status.error == {"code": "failed_precondition", "message": "Cancelled by request"}
 
 
 def test_cancel_of_an_unknown_video_is_false(sim, cancelling):

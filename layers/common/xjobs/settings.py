@@ -17,6 +17,8 @@ class Settings(BaseModel):
     xai_api_key_secret: str = Field(alias="XAI_API_KEY_SECRET")
     webhook_signing_secret: str = Field(alias="WEBHOOK_SIGNING_SECRET")
     allow_http_webhooks: bool = Field(alias="ALLOW_HTTP_WEBHOOKS", default=False)
+    allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
+    callback_signing_secret: str = Field(alias="CALLBACK_SIGNING_SECRET", default="")
     callback_base_url: str = Field(alias="CALLBACK_BASE_URL", default="")
     callback_fallback_seconds: int = Field(alias="CALLBACK_FALLBACK_SECONDS", default=300, ge=1)
     state_machine_arn: str | None = Field(alias="STATE_MACHINE_ARN", default=None)
@@ -34,6 +36,9 @@ class Settings(BaseModel):
     batch_finalize_function: str = Field(alias="BATCH_FINALIZE_FUNCTION", default="")
     batch_completion_window_seconds: int = Field(alias="BATCH_COMPLETION_WINDOW_SECONDS", default=86400, ge=1)
     batch_max_attempts: int = Field(alias="BATCH_MAX_ATTEMPTS", default=3, ge=1)
+    tenants_table: str = Field(alias="TENANTS_TABLE", default="")
+    files_table: str = Field(alias="FILES_TABLE", default="")
+    max_upload_bytes: int = Field(alias="MAX_UPLOAD_BYTES", default=200 * 1024 * 1024, ge=1)
 
 
 class ConfigurationError(RuntimeError):

@@ -2,8 +2,12 @@
 
 Accepts both the real xAI shapes and the seed documents' shapes (``request_id``/``id``,
 ``done``/``completed``, ``video.url``/``data[0].url``, ``pending``/``processing``) and reports
-one normalised :class:`UpstreamStatus`. A 429 is never slept through here: it raises
-:class:`XaiRateLimited` with the wait the server asked for, and the caller decides where to wait.
+one normalised :class:`UpstreamStatus`. A pending video answers 202 with or without a body; a
+moderated one answers its poll with a 400 that is still billed (reported as a failed status with
+the code ``content_moderated``, xAI's message and cost). xAI's error bodies are flat
+(``{"code": <gRPC sentence>, "error": <text>}``) and a 422 may be plain text. A 429 is never slept
+through here: it raises :class:`XaiRateLimited` with the wait the server asked for, if it did, and
+the caller decides where to wait.
 
 httpx is imported where requests are made, not at module import: the API imports this module only
 for its constants, and a cold start should not pay for an HTTP client it does not use.
@@ -32,6 +36,7 @@ _SUBMIT_PATHS = {
     DEFERRED_CHAT: "/chat/completions",
 }
 _PENDING = {"pending", "queued", "processing", "in_progress", "running"}
+MODERATED = "content_moderated"
 _DONE = {"done", "completed", "succeeded", "success"}
 _FAILED = {"failed", "error", "cancelled", "canceled"}
 
@@ -158,7 +163,19 @@ class XaiClient:
     def status(self, kind: str, request_id: str) -> UpstreamStatus:
         if kind == DEFERRED_CHAT:
             return self._deferred_chat_status(request_id)
-        return _video_status(self._request("GET", f"/videos/{request_id}").json())
+        response = self._request("GET", f"/videos/{request_id}", moderation_ok=True)
+        if response.status_code == 400:
+            # Only a moderated video gets here (see _request): the poll's 400 ends it, billed.
+            message, _ = _rejection(response)
+            error: dict[str, Any] = {"code": MODERATED, "message": message}
+            cost = _body(response).get("usage", {}).get("cost_in_usd_ticks")
+            if isinstance(cost, int):
+                error["cost_in_usd_ticks"] = cost
+            return UpstreamStatus("failed", error=error)
+        body = _body(response)
+        if response.status_code == 202 and not body.get("status"):
+            body["status"] = "pending"  # a 202 is pending, with or without a body
+        return _video_status(body)
 
     def cancel(self, kind: str, request_id: str) -> bool:
         """Ask the upstream to stop a video. xAI has no cancel route: unless the client was told the
@@ -214,6 +231,7 @@ class XaiClient:
         timeout: float | None = None,
         missing_ok: bool = False,
         create: bool = False,
+        moderation_ok: bool = False,
     ) -> "httpx.Response":
         """One call, retried as xAI's official SDK retries: a 429 is raised for the caller to wait
         out; 5xx answers, timeouts and broken connections are retried, except for a ``create``, which
@@ -259,11 +277,29 @@ class XaiClient:
                 continue
             if response.status_code == 404 and missing_ok:
                 return response
+            if response.status_code == 400 and moderation_ok and _is_moderation(response):
+                return response
             if response.status_code >= 400:
                 message, code = _rejection(response)
                 raise XaiRejected(response.status_code, message, code)
             return response
         raise XaiUnavailable(f"{last_problem} ({self.max_attempts} attempts)")
+
+
+def _body(response: "httpx.Response") -> dict:
+    """The JSON object in an answer, or {} when it has none (xAI's 202s are often empty)."""
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _is_moderation(response: "httpx.Response") -> bool:
+    message, _ = _rejection(response)
+    return "moderation" in message.lower()
 
 
 def _video_status(body: dict) -> UpstreamStatus:
@@ -278,7 +314,15 @@ def _video_status(body: dict) -> UpstreamStatus:
                 "failed", error={"code": "moderated", "message": "xAI returned no video (moderation)"}
             )
         return UpstreamStatus("done", progress=100, video_url=url)
-    if state in ("failed", "expired"):
+    if state == "expired":
+        return UpstreamStatus(
+            "expired",
+            error={
+                "code": "expired",
+                "message": "xAI reports the request expired: it ran, but its result is no longer available",
+            },
+        )
+    if state == "failed":
         return UpstreamStatus(state, progress=progress, error=_error(body))
     return UpstreamStatus("pending", progress=progress if isinstance(progress, int) else None)
 
@@ -357,11 +401,13 @@ def _retry_after(response: "httpx.Response") -> float | None:
     header = response.headers.get("retry-after")
     if header:
         with contextlib.suppress(ValueError):
-            return max(0.0, float(header))
+            seconds = float(header)
+            if math.isfinite(seconds):  # "inf" or "nan" would break every wait computed from it
+                return max(0.0, seconds)
         with contextlib.suppress(TypeError, ValueError):
             return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
     limits = RateLimitInfo.from_headers(response.headers)
-    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w]
+    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w and math.isfinite(w)]
     return max(waits) if waits else None
 
 
@@ -371,13 +417,13 @@ RATE_LIMIT_BACKOFF_CAP = 30.0
 def rate_limit_backoff(retry: int) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...) of a 429 that stated no wait: from about a
     second, doubling, up to 30 s, with jitter — as xAI's official SDK backs off."""
-    return min(RATE_LIMIT_BACKOFF_CAP, 2 ** max(0, retry - 1) * random.uniform(0.75, 1.25))
+    return min(RATE_LIMIT_BACKOFF_CAP, 2 ** min(max(0, retry - 1), 8) * random.uniform(0.75, 1.25))
 
 
 def _int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
