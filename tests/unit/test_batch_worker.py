@@ -205,7 +205,9 @@ def test_a_body_stored_in_s3_reaches_xai_whole(sim, store, start_batch):
     ("body", "status", "code"),
     [
         pytest.param({"model": "gpt-4o"}, 404, "not_found", id="unknown-model"),
-        pytest.param({"deferred": "yes"}, 422, "http_422", id="bad-field"),  # xAI: plain-text 422
+        pytest.param(
+            {"deferred": "yes"}, 422, "http_422", id="bad-field", marks=pytest.mark.sends_invalid_requests
+        ),  # xAI: plain-text 422
         pytest.param({"presence_penalty": 0.5}, 400, "invalid_argument", id="unsupported-parameter"),
     ],
 )

@@ -123,6 +123,7 @@ def test_flat_error_bodies_give_the_grpc_status_name_and_xais_text(sim, xai):
     assert caught.value.message == "Model grok-4 does not support parameter presencePenalty."
 
 
+@pytest.mark.sends_invalid_requests
 def test_a_plain_text_422_keeps_its_text(sim, xai):
     with pytest.raises(XaiRejected) as caught:
         xai.submit(VIDEO_GENERATION, {"model": "grok-imagine-video"})
@@ -336,6 +337,7 @@ def test_accepted_submit_without_a_request_id_raises_unavailable(http_peer, make
 # -- 4xx -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sends_invalid_requests
 def test_400_raises_rejected_with_the_simulators_message_and_code(sim, xai):
     with pytest.raises(XaiRejected) as caught:
         xai.submit(VIDEO_GENERATION, {**VIDEO, "duration": 99})
