@@ -7,6 +7,7 @@ import httpx
 from .helpers import wait_for_status, xai_request_id
 
 VIDEO = {"prompt": "a lighthouse in a storm", "duration": 4}
+SIGV4 = "X-Amz-Algorithm=AWS4-HMAC-SHA256"
 CHAT = {"model": "grok-4", "deferred": True, "messages": [{"role": "user", "content": "say hello"}]}
 
 
@@ -26,16 +27,21 @@ def test_video_generation_completes_with_a_copy_of_the_video_in_s3(api, stack, s
     assert job["error"] is None and job["attempts"] >= 1
     url = job["data"][0]["url"]
     assert stack.resources.physical["DataBucket"] in url
+    assert SIGV4 in url  # buckets refuse SigV2 presigned URLs
     video = httpx.get(url)
     assert video.status_code == 200 and len(video.content) > 1000
     assert sim.finish_at(xai_request_id(stack, accepted["id"])) is not None
     messages = inbox.for_job(accepted["id"])
     assert len(messages) == 1
+    # The notice's link is signed by Finish's role: SigV4, and the role may read the video.
+    noticed = messages[0]["body"]["job"]["data"][0]["url"]
+    assert SIGV4 in noticed
+    assert httpx.get(noticed).content == video.content
     assert messages[0]["attributes"] == {
         "event": "job.finished",
         "kind": "video.generation",
         "status": "completed",
-        "tenant": stack.info()["api_key_id"],
+        "tenant": stack.tenant,
     }
 
 

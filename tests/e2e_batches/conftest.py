@@ -18,6 +18,7 @@ PARAMETERS = {
     "BatchMaxAttempts": "3",
     "BatchMaxReceives": "30",
     "ChatRequestsPerMinute": "60000",
+    "MaxUploadBytes": "300000",  # presigned uploads: small enough for a test to go over it
 }
 SIMULATOR = SimulatorConfig(api_key="sim-batch-key", chat_latency_median=0.02, chat_latency_sigma=0.3)
 
@@ -26,7 +27,10 @@ SIMULATOR = SimulatorConfig(api_key="sim-batch-key", chat_latency_median=0.02, c
 def stack():
     local = LocalStack(parameters=PARAMETERS, simulator=SIMULATOR).start()
     yield local
+    denied = local.iam.report()
     local.stop()
+    # Every AWS call of every function in the session was checked against its role (local/iam.py).
+    assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +53,9 @@ def sim(stack):
 
 @pytest.fixture
 def api(stack):
-    with httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=30) as client:
+    with httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
+    ) as client:
         yield client
 
 

@@ -407,10 +407,12 @@ def batch_settings(
     # The functions' app.py makes the parent logger the layer's child loggers log (and append keys) through.
     Logger(service=batch_ingest.logger.service)
     settings.get_settings.cache_clear()
-    upstream._learned.clear()
+    upstream._chat_rate.cache_clear()
+    upstream._account.cache_clear()
     yield settings.get_settings()
     settings.get_settings.cache_clear()
-    upstream._learned.clear()
+    upstream._chat_rate.cache_clear()
+    upstream._account.cache_clear()
 
 
 @dataclass

@@ -56,14 +56,33 @@ class XaiRejected(XaiError):
 
 
 class XaiRateLimited(XaiError):
-    def __init__(self, retry_after: float, limits: "RateLimitInfo"):
+    """A 429. ``retry_after`` is the wait xAI stated (Retry-After, x-ratelimit-reset-*) or, when it
+    stated none (xAI's usual answer), ``DEFAULT_RETRY_AFTER`` with ``stated`` False."""
+
+    def __init__(self, retry_after: float, limits: "RateLimitInfo", stated: bool = True):
         super().__init__(f"xAI rate limit reached; retry after {retry_after:.1f} s")
         self.retry_after = retry_after
         self.limits = limits
+        self.stated = stated
 
 
 class XaiUnavailable(XaiError):
     """5xx answers, timeouts or broken connections that outlasted the retries."""
+
+
+class XaiSubmitUnknown(XaiError):
+    """A create (a submit) was sent but got no usable answer (a timeout, a broken connection, a 5xx):
+    xAI may have accepted it, and it documents no idempotency key, so sending it again could pay twice."""
+
+
+class XaiAccountBlocked(XaiError):
+    """The account is out of credits or over its spending limit (a 429, or a 403 in newer answers):
+    nothing goes through until the operator pays, so this is a pause, not a failure of the request."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(f"xAI answered {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -133,8 +152,9 @@ class XaiClient:
         self._http.close()
 
     def submit(self, kind: str, body: dict) -> str:
-        """Start a deferred request; returns xAI's request id."""
-        reply = self._request("POST", _SUBMIT_PATHS[kind], json=body).json()
+        """Start a deferred request; returns xAI's request id. Raises :class:`XaiSubmitUnknown` when it
+        may or may not have been accepted: a create is retried only when it never left (see _request)."""
+        reply = self._request("POST", _SUBMIT_PATHS[kind], json=body, create=True).json()
         request_id = reply.get("request_id") or reply.get("id")
         if not request_id:
             raise XaiUnavailable(f"xAI accepted the {kind} request but returned no request id")
@@ -210,8 +230,12 @@ class XaiClient:
         json: Any = None,
         timeout: float | None = None,
         missing_ok: bool = False,
+        create: bool = False,
         moderation_ok: bool = False,
     ) -> "httpx.Response":
+        """One call, retried as xAI's official SDK retries: a 429 is raised for the caller to wait
+        out; 5xx answers, timeouts and broken connections are retried, except for a ``create``, which
+        may already have been accepted — it is retried only when the connection was never made."""
         import httpx  # for its exception classes (already loaded: __init__ imported it)
 
         last_problem = ""
@@ -223,16 +247,33 @@ class XaiClient:
                 if timeout is not None:
                     kwargs["timeout"] = timeout
                 response = self._http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                last_problem = f"{method} {path} could not connect: {type(exc).__name__}"  # nothing sent
+                continue
             except httpx.TimeoutException:
                 last_problem = f"{method} {path} timed out"
+                if create:
+                    raise XaiSubmitUnknown(f"{last_problem} after the request was sent") from None
                 continue
             except httpx.TransportError as exc:
                 last_problem = f"{method} {path} failed: {type(exc).__name__}"
+                if create:
+                    raise XaiSubmitUnknown(f"{last_problem} after the request was sent") from None
                 continue
+            blocked = _account_blocked(response)
+            if blocked:
+                raise XaiAccountBlocked(response.status_code, blocked)
             if response.status_code == 429:
-                raise XaiRateLimited(_retry_after(response), RateLimitInfo.from_headers(response.headers))
+                stated = _retry_after(response)
+                raise XaiRateLimited(
+                    DEFAULT_RETRY_AFTER if stated is None else stated,
+                    RateLimitInfo.from_headers(response.headers),
+                    stated=stated is not None,
+                )
             if response.status_code >= 500:
                 last_problem = f"{method} {path} answered {response.status_code}"
+                if create:
+                    raise XaiSubmitUnknown(last_problem)
                 continue
             if response.status_code == 404 and missing_ok:
                 return response
@@ -342,22 +383,47 @@ def _rejection(response: "httpx.Response") -> tuple[str, str | None]:
     return str(body)[:500], None
 
 
-def _retry_after(response: "httpx.Response") -> float:
+DEFAULT_RETRY_AFTER = 1.0
+_BILLING = re.compile(r"credits|spending limit", re.IGNORECASE)
+
+
+def _account_blocked(response: "httpx.Response") -> str | None:
+    """xAI's text when a 429 or 403 says the account is out of credits or over its spending limit."""
+    if response.status_code not in (403, 429):
+        return None
+    if not _BILLING.search(response.text[:4000]):
+        return None
+    return _rejection(response)[0]
+
+
+def _retry_after(response: "httpx.Response") -> float | None:
+    """The wait xAI stated, if any (it usually states none)."""
     header = response.headers.get("retry-after")
     if header:
         with contextlib.suppress(ValueError):
-            return max(0.0, float(header))
+            seconds = float(header)
+            if math.isfinite(seconds):  # "inf" or "nan" would break every wait computed from it
+                return max(0.0, seconds)
         with contextlib.suppress(TypeError, ValueError):
             return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
     limits = RateLimitInfo.from_headers(response.headers)
-    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w]
-    return max(waits) if waits else 1.0
+    waits = [w for w in (limits.reset_requests, limits.reset_tokens) if w and math.isfinite(w)]
+    return max(waits) if waits else None
+
+
+RATE_LIMIT_BACKOFF_CAP = 30.0
+
+
+def rate_limit_backoff(retry: int) -> float:
+    """Seconds before retry number ``retry`` (1, 2, ...) of a 429 that stated no wait: from about a
+    second, doubling, up to 30 s, with jitter — as xAI's official SDK backs off."""
+    return min(RATE_LIMIT_BACKOFF_CAP, 2 ** min(max(0, retry - 1), 8) * random.uniform(0.75, 1.25))
 
 
 def _int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
