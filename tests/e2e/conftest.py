@@ -49,7 +49,8 @@ def xai_contract_kept(stack, request):
 def sim(stack):
     """The simulator, put back to the session's configuration after each test."""
     yield stack.simulator
-    stack.simulator.update(**dataclasses.asdict(SIMULATOR))
+    # The stack turned the callbacks extension on if it calls back (tests/e2e_callbacks): keep it.
+    stack.simulator.update(**(dataclasses.asdict(SIMULATOR) | {"callbacks": stack.upstream_callbacks}))
 
 
 @pytest.fixture
