@@ -51,6 +51,7 @@ class AwsEmulator(ThreadedMotoServer):
         super().__init__(*args, **kwargs)
         _roll_back_transactions_item_by_item()
         _pay_moto_setup_costs_once()
+        _enforce_post_policies()
         self._count_lock = threading.Lock()
         self._counts: Counter = Counter()
         self._observer_counts: Counter = Counter()
@@ -292,6 +293,67 @@ def _read_units(size: int, consistent: bool | None) -> float:
 
 
 _transactions_patched = False
+
+
+def _enforce_post_policies() -> None:
+    """S3 browser-form uploads (presigned POST) checked against their policy as S3 checks them: moto
+    stores whatever is posted. The signature is not checked; expiration, content-length-range and
+    the key's conditions are."""
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response, "_xjobs_post_policy", False):
+        return
+    original = S3Response._bucket_response_post
+
+    def checked(self, request, bucket_name):
+        encoded = (self.querystring.get("policy") or self.querystring.get("Policy") or [None])[0]
+        if encoded and "key" in self.querystring:
+            refusal = _post_policy_refusal(encoded, self.querystring["key"][0], len(self.body or b""))
+            if refusal:
+                status, code, message = refusal
+                body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+                return status, {"Content-Type": "application/xml"}, body
+        return original(self, request, bucket_name)
+
+    S3Response._bucket_response_post = checked
+    S3Response._xjobs_post_policy = True
+
+
+def _post_policy_refusal(encoded: str, key: str, size: int) -> tuple[int, str, str] | None:
+    import base64
+    from datetime import UTC, datetime
+
+    try:
+        policy = json.loads(base64.b64decode(encoded))
+        expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError):
+        return 400, "InvalidPolicyDocument", "Invalid Policy: Invalid JSON."
+    if expires < datetime.now(UTC):
+        return 403, "AccessDenied", "Invalid according to Policy: Policy expired."
+    for condition in policy.get("conditions", []):
+        if isinstance(condition, list) and condition[0] == "content-length-range":
+            low, high = int(condition[1]), int(condition[2])
+            if size > high:
+                return 400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"
+            if size < low:
+                return 400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size"
+        elif _key_condition_fails(condition, key):
+            return (
+                403,
+                "AccessDenied",
+                f"Invalid according to Policy: Policy Condition failed: {json.dumps(condition)}",
+            )
+    return None
+
+
+def _key_condition_fails(condition, key: str) -> bool:
+    if isinstance(condition, dict):
+        return "key" in condition and condition["key"] != key
+    if isinstance(condition, list) and len(condition) == 3 and condition[1] == "$key":
+        return (condition[0] == "eq" and condition[2] != key) or (
+            condition[0] == "starts-with" and not key.startswith(condition[2])
+        )
+    return False
 
 
 def _roll_back_transactions_item_by_item() -> None:

@@ -34,7 +34,6 @@ SKIPPED_TYPES = {
     "AWS::Logs::LogGroup",
     "AWS::ApiGateway::Deployment",
     "AWS::ApiGateway::Stage",
-    "AWS::ApiGateway::UsagePlanKey",
     # The bucket's TLS-only policy: the emulator is plain HTTP on loopback, so it would refuse everything.
     "AWS::S3::BucketPolicy",
 }
@@ -103,6 +102,24 @@ class Route:
     path: str  # with {placeholders}
     function: str  # logical id
     api_key_required: bool
+    authorizer: str | None = None  # name in the API's authorizers
+
+
+@dataclass
+class Authorizer:
+    """A Lambda authorizer as the OpenAPI body declares it (x-amazon-apigateway-authorizer)."""
+
+    function: str  # logical id
+    kind: str  # "request" or "token"
+    identity_sources: list[str]  # e.g. ["method.request.header.Authorization"]
+    ttl: int
+
+
+@dataclass
+class GatewayResponse:
+    status: int | None
+    templates: dict[str, str]
+    headers: dict[str, str]
 
 
 @dataclass
@@ -110,8 +127,10 @@ class ApiSpec:
     logical_id: str
     stage: str
     routes: list[Route]
-    rate_limit: float | None = None
-    burst_limit: int | None = None
+    authorizers: dict[str, Authorizer] = field(default_factory=dict)
+    gateway_responses: dict[str, GatewayResponse] = field(default_factory=dict)
+    binary_media_types: list[str] = field(default_factory=list)
+    api_key_source: str = "HEADER"  # or AUTHORIZER: the usage key is the authorizer's usageIdentifierKey
 
 
 @dataclass
@@ -275,6 +294,7 @@ class Provisioner:
             ("AWS::StepFunctions::StateMachine", self._state_machine),
             ("AWS::ApiGateway::RestApi", self._rest_api),
             ("AWS::ApiGateway::UsagePlan", self._usage_plan),
+            ("AWS::ApiGateway::UsagePlanKey", self._usage_plan_key),
             ("AWS::Lambda::EventSourceMapping", self._event_source_mapping),
         ]
         handled = {kind for kind, _ in order}
@@ -450,6 +470,26 @@ class Provisioner:
 
     def _rest_api(self, lid: str, props: dict) -> None:
         body = props["Body"]
+        definitions = body.get("securityDefinitions", {})
+        authorizers = {}
+        for name, definition in definitions.items():
+            spec = definition.get("x-amazon-apigateway-authorizer")
+            if not spec:
+                continue
+            target = re.search(
+                r"\$\{(\w+)\.Arn\}|GetAtt.{0,6}\[\s*\"(\w+)\"", json.dumps(spec["authorizerUri"])
+            )
+            if not target:
+                raise TemplateError(f"{lid}: authorizer {name} is not a Lambda function of the template")
+            sources = spec.get("identitySource") or (
+                f"method.request.header.{definition['name']}" if spec.get("type") == "token" else ""
+            )
+            authorizers[name] = Authorizer(
+                function=target.group(1) or target.group(2),
+                kind=spec.get("type", "token"),
+                identity_sources=[s.strip() for s in sources.split(",") if s.strip()],
+                ttl=int(spec.get("authorizerResultTtlInSeconds", 300)),
+            )
         routes = []
         for path, methods in body.get("paths", {}).items():
             for method, spec in methods.items():
@@ -458,7 +498,20 @@ class Provisioner:
                 if not target:
                     raise TemplateError(f"{lid}: {method.upper()} {path} has no Lambda integration")
                 required = any("api_key" in s for s in spec.get("security", []))
-                routes.append(Route(method.upper(), path, target.group(1), required))
+                authorizer = next((n for s in spec.get("security", []) for n in s if n in authorizers), None)
+                routes.append(Route(method.upper(), path, target.group(1), required, authorizer))
+        responses = {
+            kind: GatewayResponse(
+                status=int(r["statusCode"]) if "statusCode" in r else None,
+                templates=dict(r.get("responseTemplates", {})),
+                headers={
+                    k.split(".")[-1]: v.strip("'")
+                    for k, v in r.get("responseParameters", {}).items()
+                    if k.startswith("gatewayresponse.header.")
+                },
+            )
+            for kind, r in body.get("x-amazon-apigateway-gateway-responses", {}).items()
+        }
         stage = next(
             (
                 r["Properties"]["StageName"]
@@ -467,14 +520,40 @@ class Provisioner:
             ),
             "prod",
         )
-        self.out.apis[lid] = ApiSpec(lid, stage, routes)
+        self.out.apis[lid] = ApiSpec(
+            lid,
+            stage,
+            routes,
+            authorizers=authorizers,
+            gateway_responses=responses,
+            binary_media_types=list(body.get("x-amazon-apigateway-binary-media-types", [])),
+            api_key_source=str(self.resolve(props.get("ApiKeySourceType", "HEADER"))),
+        )
 
     def _usage_plan(self, lid: str, props: dict) -> None:
-        props = self.resolve({k: v for k, v in props.items() if k != "ApiStages"})
-        throttle = props.get("Throttle", {})
-        for api in self.out.apis.values():
-            api.rate_limit = float(throttle["RateLimit"]) if "RateLimit" in throttle else None
-            api.burst_limit = int(throttle["BurstLimit"]) if "BurstLimit" in throttle else None
+        """Created in the emulator, where local/apigateway.py reads plans and their keys as API Gateway
+        meters them (so keys and plans made later with boto3 or the admin command apply at once)."""
+        props = self.resolve(props)
+        args: dict[str, Any] = {"name": self._name(lid)}
+        throttle, quota = props.get("Throttle", {}), props.get("Quota", {})
+        if throttle:
+            args["throttle"] = {
+                **({"rateLimit": float(throttle["RateLimit"])} if "RateLimit" in throttle else {}),
+                **({"burstLimit": int(throttle["BurstLimit"])} if "BurstLimit" in throttle else {}),
+            }
+        if quota:
+            args["quota"] = {"limit": int(quota["Limit"]), "period": quota.get("Period", "DAY")}
+        args["apiStages"] = [
+            {"apiId": str(s["ApiId"]), "stage": str(s["Stage"])} for s in props.get("ApiStages", [])
+        ]
+        plan = self.session.client("apigateway").create_usage_plan(**args)
+        self.out.physical[lid] = plan["id"]
+
+    def _usage_plan_key(self, lid: str, props: dict) -> None:
+        props = self.resolve(props)
+        self.session.client("apigateway").create_usage_plan_key(
+            usagePlanId=props["UsagePlanId"], keyId=props["KeyId"], keyType=props.get("KeyType", "API_KEY")
+        )
 
     def _event_source_mapping(self, lid: str, props: dict) -> None:
         # Not created in moto: its SQS mapping runs inside SendMessage. local/event_sources.py polls instead.

@@ -220,6 +220,7 @@ class LambdaRuntime:
         self._pools = {lid: _Pool(spec, self.stats[lid]) for lid, spec in functions.items()}
         self._lock = threading.Lock()
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
+        self._faults: dict[str, list[str]] = {}  # logical id -> injected faults, next first (see inject)
         self.async_retry_delays = ASYNC_RETRY_DELAYS
         self._async_pending = 0
         self._stopping = threading.Event()
@@ -246,6 +247,25 @@ class LambdaRuntime:
             raise FunctionError("ResourceNotFoundException", f"Function not found: {logical_id_or_name}")
         return spec
 
+    FAULTS = ("throttle", "timeout", "crash")
+
+    def inject(self, logical_id: str, fault: str, times: int = 1) -> None:
+        """Make the function's next `times` invocations fail as AWS can make them fail:
+        "throttle": refused with TooManyRequestsException before it runs (no environment was free);
+        "timeout": the handler runs to its end, but the caller gets Sandbox.Timedout, as when a
+        function is stopped after its side effects and before its reply;
+        "crash": the handler raises RuntimeError before doing anything."""
+        if fault not in self.FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(self.FAULTS)}")
+        self.spec(logical_id)
+        with self._lock:
+            self._faults.setdefault(logical_id, []).extend([fault] * times)
+
+    def _next_fault(self, logical_id: str) -> str | None:
+        with self._lock:
+            faults = self._faults.get(logical_id)
+            return faults.pop(0) if faults else None
+
     def invoke(self, logical_id_or_name: str, event: dict, *, request_id: str | None = None):
         """One synchronous invocation with the function's timeout. Raises FunctionError as Lambda would
         report it: the handler's exception, Sandbox.Timedout, or TooManyRequestsException (throttled)."""
@@ -253,10 +273,17 @@ class LambdaRuntime:
         pool = self._pools[spec.logical_id]
         stats = self.stats[spec.logical_id]
         payload = json.loads(_serialized(event, SYNC_PAYLOAD_LIMIT))  # what Lambda delivers: a copy
+        fault = self._next_fault(spec.logical_id)
+        if fault == "throttle":
+            with self._lock:
+                stats.throttles += 1
+            raise FunctionError("TooManyRequestsException", "Rate Exceeded.")
         environment = pool.acquire()
         with self._lock:
             crashes = self.fail_next.get(spec.logical_id)
             crash = crashes.pop(0) if crashes else None
+        if fault == "crash":
+            crash = "injected crash"
         context = LambdaContext(
             function_name=spec.name,
             memory_limit_in_mb=spec.memory,
@@ -274,9 +301,9 @@ class LambdaRuntime:
         with self._lock:
             stats.count += 1
             stats.billed_ms += (time.time() - started) * 1000
-            if not finished or invocation.error is not None:
+            if not finished or invocation.error is not None or fault == "timeout":
                 stats.errors += 1
-        if not finished:
+        if not finished or fault == "timeout":
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
         if invocation.error is not None:
             exc = invocation.error

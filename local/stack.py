@@ -74,6 +74,8 @@ class LocalStack:
         self.simulator: XaiSimulator | None = None
         self.gateways: dict[str, ApiGateway] = {}
         self.event_sources: EventSources | None = None
+        self.tenant: str | None = None  # the tenant created at start, and its key
+        self.api_key: str | None = None
 
     def start(self) -> "LocalStack":
         from .aws_emulator import AwsEmulator
@@ -109,7 +111,12 @@ class LocalStack:
         ).raise_for_status()
         self.session = boto3.session.Session(region_name=REGION)
 
-        parameters = {"XaiBaseUrl": xai_url, "AllowHttpWebhooks": "true", "LogLevel": "WARNING"}
+        parameters = {
+            "XaiBaseUrl": xai_url,
+            "AllowHttpWebhooks": "true",
+            "AllowLoopbackWebhooks": "true",
+            "LogLevel": "WARNING",
+        }
         if self.upstream_callbacks:
             # The callback URL goes into the template, so the API's port is chosen before it is served.
             self.api_port = self.api_port or _free_port()
@@ -149,6 +156,8 @@ class LocalStack:
 
         if self.gateways:
             self.outputs["ApiUrl"] = self.api_url
+        if "TenantsTableName" in self.outputs:
+            self.tenant, self.api_key = self.create_tenant(name="local")
         self.inbox_url = self._subscribe_inbox()
         if self.state_file:
             self.state_file.write_text(json.dumps(self.info(), indent=2) + "\n")
@@ -192,15 +201,24 @@ class LocalStack:
         gateway = next(iter(self.gateways.values()), None)
         return f"{gateway.url}/{gateway.api.stage}" if gateway else None
 
-    @property
-    def api_key(self) -> str | None:
-        return next(iter(self.resources.api_keys.values()), {}).get("value")
+    def admin(self):
+        """The deployment as `python -m xjobs.admin` sees it (tenants, keys, limits)."""
+        from xjobs import admin
+
+        return admin.from_outputs(self.outputs, self.client("apigateway"))
+
+    def create_tenant(self, name: str = "") -> tuple[str, str]:
+        """A new tenant and its first API key, as `python -m xjobs.admin tenants create` makes them."""
+        from xjobs import admin
+
+        tenant, key = admin.create_tenant(self.admin(), name=name)
+        return tenant["tenant"], key
 
     def info(self) -> dict:
         return {
             "api_url": self.api_url,
             "api_key": self.api_key,
-            "api_key_id": next(iter(self.resources.api_keys.values()), {}).get("id"),
+            "tenant": self.tenant,
             "aws_endpoint": self.aws_endpoint,
             "region": REGION,
             "xai_base_url": self.parameter_values.get("XaiBaseUrl"),
@@ -247,13 +265,13 @@ def main() -> None:
         f"""xjobs local stack is up.
 
   API:          {info["api_url"]}
-  API key:      {info["api_key"]}
+  API key:      {info["api_key"]}   (tenant {info["tenant"]}; more: python -m xjobs.admin --help)
   AWS emulator: {info["aws_endpoint"]}   (region {info["region"]}, any access key)
   xAI:          {info["xai_base_url"]}{"  (simulator)" if info["xai_simulator"] else ""}
   SNS inbox:    {info["inbox_queue_url"]}
 
 Try:
-  curl -s -X POST {info["api_url"]}/v1/videos/generations -H 'x-api-key: {info["api_key"]}' \\
+  curl -s -X POST {info["api_url"]}/v1/videos/generations -H 'Authorization: Bearer {info["api_key"]}' \\
        -H 'Content-Type: application/json' -d '{{"prompt": "a cat surfing a wave", "duration": 5}}'
 
 Everything above is in {STATE_FILE.name}. Ctrl-C stops the stack.""",

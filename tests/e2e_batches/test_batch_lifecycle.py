@@ -34,7 +34,7 @@ def test_the_finished_batch_is_announced_once_on_sns(batches, stack):
     assert len(announced) == 1
     attributes, body = announced[0]
     assert attributes["event"] == "batch.completed" and attributes["kind"] == "chat.batch"
-    assert attributes["tenant"] == stack.info()["api_key_id"]
+    assert attributes["tenant"] == stack.tenant
     assert body["batch"]["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
 
 
@@ -50,8 +50,8 @@ def test_a_file_put_under_batches_incoming_starts_a_batch(batches, stack):
 
 def test_batches_belong_to_their_tenant(batches, stack, api):
     batch = batches.create(jsonl([request_line("mine")]))
-    other = stack.client("apigateway").create_api_key(name=f"other-{time.time_ns()}", enabled=True)
-    headers = {"x-api-key": other["value"]}
+    _, key = stack.create_tenant(name="other")
+    headers = {"x-api-key": key}
     import httpx
 
     with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as stranger:
