@@ -1,6 +1,5 @@
 """HTTP routes for jobs, and the one place that maps errors to HTTP answers."""
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import Router
 
@@ -8,13 +7,13 @@ from . import batches, jobs
 from .loop import wake
 from .models import BadRequest, parse_job_request
 from .notify import check_callback_token
+from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
 from .upstream import secret
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
-logger = Logger(child=True)
 router = Router()
 
 MAX_PAGE = 100
@@ -25,6 +24,8 @@ class Forbidden(PermissionError):
 
 
 def _error(status: int, code: str, message: str) -> Response:
+    """Every 4xx answer of the API, and its one log line."""
+    logger.info("request refused", extra={"status_code": status, "code": code, "reason": message})
     return Response(status, "application/json", {"error": {"code": code, "message": message}})
 
 

@@ -3,7 +3,6 @@
 import hashlib
 from typing import Annotated, Literal
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,11 +12,11 @@ from .api import list_page, page_limit, tenant_of
 from .batch_ingest import INCOMING_PREFIX
 from .ids import new_id
 from .models import BadRequest, validate_body
+from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused
 from .views import batch_view
 
-logger = Logger(child=True)
 router = Router()
 
 UPLOAD_URL_SECONDS = 3600

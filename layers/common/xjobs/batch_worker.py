@@ -13,10 +13,10 @@ import math
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     AsyncBatchProcessor,
     EventType,
@@ -26,11 +26,10 @@ from aws_lambda_powertools.utilities.batch import (
 from . import aws, batches
 from .batch_ingest import start_finalizer
 from .batch_lines import error_line, result_line
+from .observability import logger, metric
 from .settings import get_settings
 from .upstream import chat_limiter, learn_limits, secret
 from .xai import XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable
-
-logger = Logger(child=True)
 
 MAX_BACKOFF_SECONDS = 60
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
@@ -64,6 +63,14 @@ def handle_dead_letters(event: dict, context) -> dict:
         message = json.loads(record["body"])
         if not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
             receives = record.get("attributes", {}).get("ApproximateReceiveCount", "?")
+            logger.warning(
+                "request used up its deliveries",
+                extra={
+                    "batch_id": message["batch_id"],
+                    "custom_id": message["custom_id"],
+                    "receives": receives,
+                },
+            )
             work.record_error(
                 message, "delivery_failed", f"the request was received {receives} times without a result"
             )
@@ -114,9 +121,12 @@ class _Work:
 
     def process(self, record) -> None:
         message = json.loads(record.body)
-        logger.thread_safe_append_keys(batch_id=message["batch_id"], custom_id=message["custom_id"])
+        tenant = (self.batches.get(message["batch_id"]) or {}).get("tenant")
+        logger.thread_safe_append_keys(
+            batch_id=message["batch_id"], custom_id=message["custom_id"], tenant=tenant
+        )
         if record.message_id in self.repeats:
-            _return_later(record, REPEAT_RETURN_SECONDS)
+            _return_later(record, REPEAT_RETURN_SECONDS, "a second copy of a message in this batch")
         verdict = self._verdict(message)
         if verdict == "unknown":
             logger.warning("message of an unknown batch dropped")
@@ -130,7 +140,7 @@ class _Work:
         if not self.admitted:
             wait = chat_limiter().try_acquire(tokens=message["tokens"])
             if wait:
-                _return_later(record, wait)
+                _return_later(record, wait, "waiting for the rate limiter")
         body = message.get("body") or self._stored_body(message["body_key"])
         try:
             reply = self.xai.chat(body, timeout=self._time_left())
@@ -139,24 +149,26 @@ class _Work:
             # Block the windows of the limit xAI just stated (when it stated one): the windows every
             # caller counts in from now on, not those of the limit this request was admitted under.
             chat_limiter().block(exc.retry_after)
-            _return_later(record, exc.retry_after)
+            _return_later(record, exc.retry_after, "xAI answered 429")
         except XaiRejected as exc:
             error = {"error": {"code": exc.code, "message": exc.message}}
             line = result_line(batches.request_id(), message["custom_id"], exc.status_code, error, None)
-            self._keep(message, False, line)
+            self._keep(message, False, line, "upstream_rejected")
             return
         except XaiUnavailable as exc:
             attempts = self.store.count_attempt(message["batch_id"], message["line"], message["expires_at"])
             if attempts >= self.settings.batch_max_attempts:
                 self.record_error(message, "upstream_unavailable", f"{exc} ({attempts} attempts)")
                 return
-            _return_later(record, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)))
+            _return_later(
+                record, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)), f"xAI unavailable: {exc}"
+            )
         learn_limits(reply.limits)
         upstream_id = reply.body.get("id")
         line = result_line(
             batches.request_id(), message["custom_id"], reply.status_code, reply.body, upstream_id
         )
-        self._keep(message, True, line)
+        self._keep(message, True, line, "ok")
 
     def _time_left(self) -> float:
         """An xAI call must answer before the invocation times out, or its result would be lost."""
@@ -165,9 +177,10 @@ class _Work:
         return max(1.0, self.context.get_remaining_time_in_millis() / 1000 - RESULT_MARGIN_SECONDS)
 
     def record_error(self, message: dict, code: str, text: str) -> None:
-        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text))
+        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text), code)
 
-    def _keep(self, message: dict, ok: bool, outcome: str) -> None:
+    def _keep(self, message: dict, ok: bool, outcome: str, code: str) -> None:
+        """Keep a result line to record; ``code`` is what BatchLines counts it as (``ok`` or why not)."""
         batch = self.batches.get(message["batch_id"])
         if batch is None:
             logger.warning("result of an unknown batch dropped")
@@ -184,6 +197,7 @@ class _Work:
             "ok": ok,
             "outcome": outcome,
             "expires_at": batch["retain_until"],
+            "code": code,
         }
         with self._lock:
             self.results.append(result)
@@ -198,13 +212,16 @@ class _Work:
         Every batch touched is checked, even with no new result: a worker that crashed between
         recording and this check left the batch to the next delivery of the same messages.
         """
-        self.store.record(self.results)
+        recorded = self.store.record(self.results)
+        for code, count in Counter(r["code"] for r in recorded).items():
+            metric("BatchLines", count, Outcome=code)
         for batch_id in self.batches:
             if self.store.claim_finalize(batch_id):
                 start_finalizer(batch_id)
 
 
-def _return_later(record, seconds: float) -> None:
+def _return_later(record, seconds: float, why: str) -> None:
+    logger.info("request returned to the queue", extra={"seconds": round(seconds, 3), "why": why})
     aws.client("sqs").change_message_visibility(
         QueueUrl=get_settings().work_queue_url,
         ReceiptHandle=record.receipt_handle,

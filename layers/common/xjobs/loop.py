@@ -6,19 +6,16 @@ import math
 import tempfile
 import time
 
-from aws_lambda_powertools import Logger
-
 from . import aws, jobs, notify
 from .batch_lines import estimated_tokens
 from .durations import Durations, next_poll_in, profile
 from .limiter import RateLimiter
 from .notify import callback_url
+from .observability import logger
 from .settings import get_settings
 from .upstream import chat_limiter, learn_limits, secret, xai_client
 from .views import job_view, result_key, video_key
 from .xai import DEFERRED_CHAT, XaiError, XaiRateLimited, XaiRejected
-
-logger = Logger(child=True)
 
 # Each pass through Poll -> Finished? -> Wait writes about 13 history events, and a Poll that
 # exhausts its Retry adds 18 more: 700 polls stay under the 25,000-event limit even then
@@ -52,6 +49,7 @@ def poll(job_id: str, polls: int) -> dict:
     job = store.get(job_id)
     if job is None:
         raise jobs.JobNotFound(job_id)
+    logger.append_keys(tenant=job["tenant"])
     polls += 1
 
     def result(finished: bool, wait: float = 0, *, submitted: bool = False) -> dict:
@@ -102,6 +100,7 @@ def poll(job_id: str, polls: int) -> dict:
     except XaiRateLimited as exc:
         learn_limits(exc.limits)
         limiter.block(exc.retry_after)
+        logger.info("status poll answered 429: polling again later", extra={"seconds": exc.retry_after})
         return result(False, exc.retry_after)
     except XaiRejected as exc:
         store.advance(job_id, jobs.FAILED, error={"code": exc.code, "message": exc.message})
@@ -136,6 +135,7 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
     try:
         request_id = client.submit(job["kind"], body)
     except XaiRateLimited as exc:
+        logger.info("submit answered 429: submitting again later", extra={"seconds": exc.retry_after})
         return result(False, exc.retry_after)
     except XaiRejected as exc:
         store.advance(job["id"], jobs.FAILED, error={"code": exc.code, "message": exc.message})
@@ -254,6 +254,7 @@ def finish(job_id: str, error: dict | None) -> dict:
     job = store.get(job_id)
     if job is None:
         raise jobs.JobNotFound(job_id)
+    logger.append_keys(tenant=job["tenant"])
     if job["status"] not in jobs.TERMINAL:
         raise RuntimeError(f"job {job_id} reached Finish while {job['status']}")
     message = {"event": "job.finished", "job": job_view(job, with_result=False)}

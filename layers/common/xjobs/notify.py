@@ -11,6 +11,7 @@ import time
 from urllib.parse import urlsplit
 
 from . import aws
+from .observability import logger, metric
 
 SIGNATURE_HEADER = "X-Xjobs-Signature"
 TIMESTAMP_HEADER = "X-Xjobs-Timestamp"
@@ -29,6 +30,8 @@ def publish(topic_arn: str, message: dict, *, event: str, kind: str, status: str
         Message=json.dumps(message, separators=(",", ":")),
         MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()},
     )
+    logger.info("notice published", extra={"event": event, "status": status, "tenant": tenant})
+    metric("NoticesSent", Channel="sns", Event=event)
     return reply["MessageId"]
 
 
@@ -90,7 +93,14 @@ def deliver_webhook(url: str, message: dict, *, event: str, secret: str) -> None
     }
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS)
+        problem = (
+            None if 200 <= response.status_code < 300 else f"webhook receiver answered {response.status_code}"
+        )
     except httpx.HTTPError as exc:
-        raise WebhookUndelivered(f"webhook delivery failed: {type(exc).__name__}") from None
-    if not 200 <= response.status_code < 300:
-        raise WebhookUndelivered(f"webhook receiver answered {response.status_code}")
+        problem = f"webhook delivery failed: {type(exc).__name__}"
+    if problem:
+        # The state machine retries Finish with backoff: each failed attempt leaves this line.
+        logger.warning("webhook not delivered; it will be retried", extra={"problem": problem})
+        metric("NoticeFailures", Channel="webhook")
+        raise WebhookUndelivered(problem)
+    metric("NoticesSent", Channel="webhook", Event=event)

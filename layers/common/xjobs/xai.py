@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .observability import logger, timed
+
 if TYPE_CHECKING:
     import httpx
 
@@ -127,7 +129,7 @@ class XaiClient:
 
     def submit(self, kind: str, body: dict) -> str:
         """Start a deferred request; returns xAI's request id."""
-        reply = self._request("POST", _SUBMIT_PATHS[kind], json=body).json()
+        reply = self._request("POST", _SUBMIT_PATHS[kind], json=body, operation="submit").json()
         request_id = reply.get("request_id") or reply.get("id")
         if not request_id:
             raise XaiUnavailable(f"xAI accepted the {kind} request but returned no request id")
@@ -136,20 +138,20 @@ class XaiClient:
     def status(self, kind: str, request_id: str) -> UpstreamStatus:
         if kind == DEFERRED_CHAT:
             return self._deferred_chat_status(request_id)
-        return _video_status(self._request("GET", f"/videos/{request_id}").json())
+        return _video_status(self._request("GET", f"/videos/{request_id}", operation="status").json())
 
     def cancel(self, kind: str, request_id: str) -> bool:
         """Ask xAI to cancel. xAI documents no cancel endpoint, so False is the usual answer."""
         if kind == DEFERRED_CHAT:
             return False
         try:
-            self._request("POST", f"/videos/{request_id}/cancel", json={})
+            self._request("POST", f"/videos/{request_id}/cancel", json={}, operation="cancel")
         except XaiRejected:
             return False
         return True
 
     def chat(self, body: dict, *, timeout: float | None = None) -> ChatReply:
-        response = self._request("POST", "/chat/completions", json=body, timeout=timeout)
+        response = self._request("POST", "/chat/completions", json=body, timeout=timeout, operation="chat")
         return ChatReply(response.status_code, response.json(), RateLimitInfo.from_headers(response.headers))
 
     def download(self, url: str, sink) -> int:
@@ -157,7 +159,10 @@ class XaiClient:
         import httpx
 
         written = 0
-        with httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r:
+        with (
+            timed("download"),
+            httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r,
+        ):
             if r.status_code != 200:
                 raise XaiUnavailable(f"download of the result answered {r.status_code}")
             for chunk in r.iter_bytes(1 << 20):
@@ -166,7 +171,9 @@ class XaiClient:
         return written
 
     def _deferred_chat_status(self, request_id: str) -> UpstreamStatus:
-        response = self._request("GET", f"/chat/deferred-completion/{request_id}", missing_ok=True)
+        response = self._request(
+            "GET", f"/chat/deferred-completion/{request_id}", missing_ok=True, operation="status"
+        )
         if response.status_code == 404:
             # A deferred result is handed out once and kept 24 h; a 404 means it is gone.
             return UpstreamStatus(
@@ -190,24 +197,33 @@ class XaiClient:
         json: Any = None,
         timeout: float | None = None,
         missing_ok: bool = False,
+        operation: str = "other",
     ) -> "httpx.Response":
         import httpx  # for its exception classes (already loaded: __init__ imported it)
 
         last_problem = ""
         for attempt in range(self.max_attempts):
             if attempt:
+                logger.warning(
+                    "xAI call retried",
+                    extra={"operation": operation, "attempt": attempt + 1, "problem": last_problem},
+                )
                 time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt)))
-            try:
-                kwargs = {"json": json} if json is not None else {}
-                if timeout is not None:
-                    kwargs["timeout"] = timeout
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TimeoutException:
-                last_problem = f"{method} {path} timed out"
-                continue
-            except httpx.TransportError as exc:
-                last_problem = f"{method} {path} failed: {type(exc).__name__}"
-                continue
+            with timed(operation) as outcome:
+                try:
+                    kwargs = {"json": json} if json is not None else {}
+                    if timeout is not None:
+                        kwargs["timeout"] = timeout
+                    response = self._http.request(method, path, **kwargs)
+                except httpx.TimeoutException:
+                    outcome[0] = "timeout"
+                    last_problem = f"{method} {path} timed out"
+                    continue
+                except httpx.TransportError as exc:
+                    outcome[0] = "connection_error"
+                    last_problem = f"{method} {path} failed: {type(exc).__name__}"
+                    continue
+                outcome[0] = _outcome(response.status_code)
             if response.status_code == 429:
                 raise XaiRateLimited(_retry_after(response), RateLimitInfo.from_headers(response.headers))
             if response.status_code >= 500:
@@ -220,6 +236,16 @@ class XaiClient:
                 raise XaiRejected(response.status_code, message, code)
             return response
         raise XaiUnavailable(f"{last_problem} ({self.max_attempts} attempts)")
+
+
+def _outcome(status_code: int) -> str:
+    if status_code == 429:
+        return "rate_limited"
+    if status_code >= 500:
+        return "server_error"
+    if status_code >= 400:
+        return "rejected"
+    return "ok"
 
 
 def _video_status(body: dict) -> UpstreamStatus:
