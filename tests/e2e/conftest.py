@@ -18,6 +18,8 @@ PARAMETERS = {
     "PollMaxWaitSeconds": "2",
     "JobTimeoutDefaultSeconds": "120",
     "JobTimeoutMaxSeconds": "600",
+    # The sweeper looks for jobs whose loop ended every 2 s (rate in seconds: the local stack only).
+    "SweeperSchedule": "rate(2 seconds)",
 }
 SIMULATOR = SimulatorConfig(
     api_key="sim-test-key", video_duration_median=1.0, video_duration_sigma=0.2, deferred_chat_duration=0.5
