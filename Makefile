@@ -27,6 +27,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests/e2e
 	$(BIN)/python -m pytest -q tests/e2e_callbacks
 	$(BIN)/python -m pytest -q tests/e2e_batches
+	$(BIN)/python -m pytest -q tests/e2e_limits
 	$(BIN)/python -m pytest -q tests/local
 
 demo: install

@@ -25,6 +25,12 @@ Metrics. Powertools writes CloudWatch metrics as EMF JSON lines on stdout, which
 metrics on AWS. Here the print of those lines is intercepted: each line is parsed and counted in
 ``metrics`` (an EmfMetrics), attributed to the function whose environment printed it, so tests and tools
 read what CloudWatch would have got. The lines are not echoed unless XJOBS_LOCAL_EMF=1.
+
+Credentials. Each function calls AWS as its execution role (see local/iam.py): every botocore client of
+this process resolves its credentials when it signs, from the thread that signs. An environment's thread,
+and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials),
+moto's Step Functions interpreter invokes a state machine's Lambda tasks with the state machine's role,
+and any other thread signs with the process's own (the environment's AWS_ACCESS_KEY_ID: the operator's).
 """
 
 import importlib.util
@@ -37,8 +43,12 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import botocore.session
+from botocore.credentials import Credentials, ReadOnlyCredentials
 
 from .cloudformation import ROOT, FunctionSpec, TemplateError
 
@@ -53,7 +63,6 @@ SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024  # bytes of a synchronous invocation's even
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024  # bytes of an asynchronous invocation's event (1 MB since October 2025)
 
 log = logging.getLogger("xjobs.local.runtime")
-_current = threading.local()  # .function: the logical id of the environment running on this thread
 
 
 @dataclass
@@ -124,7 +133,7 @@ def _capture_emf_print(*args, **kwargs) -> None:
     """Powertools' print of an EMF line (its metric modules' `print`), parsed and counted locally."""
     text = " ".join(str(a) for a in args)
     sink = _emf_sink
-    counted = sink is not None and sink.add_line(text, getattr(_current, "function", None))
+    counted = sink is not None and sink.add_line(text, current_principal())
     if not counted or os.environ.get("XJOBS_LOCAL_EMF"):
         _print(*args, **kwargs)
 
@@ -204,7 +213,7 @@ class _Environment:
         self._requests.put(None)
 
     def _serve(self) -> None:
-        _current.function = self.spec.logical_id
+        _identity.principal = self.spec.logical_id
         while (invocation := self._requests.get()) is not None:
             if self.handler is None:
                 try:
@@ -303,6 +312,7 @@ class LambdaRuntime:
         self._pools = {lid: _Pool(spec, self.stats[lid]) for lid, spec in functions.items()}
         self._lock = threading.Lock()
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
+        self._faults: dict[str, list[str]] = {}  # logical id -> injected faults, next first (see inject)
         self.async_retry_delays = ASYNC_RETRY_DELAYS
         self.invoke_configs: dict[str, dict] = {}  # logical id -> {MaximumRetryAttempts, OnFailure}
         # Delivers a failed asynchronous event's record to an on-failure destination: (ARN, record).
@@ -336,6 +346,25 @@ class LambdaRuntime:
             raise FunctionError("ResourceNotFoundException", f"Function not found: {logical_id_or_name}")
         return spec
 
+    FAULTS = ("throttle", "timeout", "crash")
+
+    def inject(self, logical_id: str, fault: str, times: int = 1) -> None:
+        """Make the function's next `times` invocations fail as AWS can make them fail:
+        "throttle": refused with TooManyRequestsException before it runs (no environment was free);
+        "timeout": the handler runs to its end, but the caller gets Sandbox.Timedout, as when a
+        function is stopped after its side effects and before its reply;
+        "crash": the handler raises RuntimeError before doing anything."""
+        if fault not in self.FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(self.FAULTS)}")
+        self.spec(logical_id)
+        with self._lock:
+            self._faults.setdefault(logical_id, []).extend([fault] * times)
+
+    def _next_fault(self, logical_id: str) -> str | None:
+        with self._lock:
+            faults = self._faults.get(logical_id)
+            return faults.pop(0) if faults else None
+
     def invoke(self, logical_id_or_name: str, event: dict, *, request_id: str | None = None):
         """One synchronous invocation with the function's timeout. Raises FunctionError as Lambda would
         report it: the handler's exception, Sandbox.Timedout, or TooManyRequestsException (throttled)."""
@@ -343,10 +372,17 @@ class LambdaRuntime:
         pool = self._pools[spec.logical_id]
         stats = self.stats[spec.logical_id]
         payload = json.loads(_serialized(event, SYNC_PAYLOAD_LIMIT))  # what Lambda delivers: a copy
+        fault = self._next_fault(spec.logical_id)
+        if fault == "throttle":
+            with self._lock:
+                stats.throttles += 1
+            raise FunctionError("TooManyRequestsException", "Rate Exceeded.")
         environment = pool.acquire()
         with self._lock:
             crashes = self.fail_next.get(spec.logical_id)
             crash = crashes.pop(0) if crashes else None
+        if fault == "crash":
+            crash = "injected crash"
         context = LambdaContext(
             function_name=spec.name,
             memory_limit_in_mb=spec.memory,
@@ -364,9 +400,9 @@ class LambdaRuntime:
         with self._lock:
             stats.count += 1
             stats.billed_ms += (time.time() - started) * 1000
-            if not finished or invocation.error is not None:
+            if not finished or invocation.error is not None or fault == "timeout":
                 stats.errors += 1
-        if not finished:
+        if not finished or fault == "timeout":
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
         if invocation.error is not None:
             exc = invocation.error
@@ -475,6 +511,17 @@ class LambdaRuntime:
         for pool in self._pools.values():
             pool.retire_all()
 
+    def use_role_credentials(
+        self, credentials: dict[str, ReadOnlyCredentials], state_machines: dict[str, str]
+    ) -> None:
+        """Function or state machine logical id -> the credentials it signs with (its role's, from STS);
+        state_machines: state machine ARN -> logical id."""
+        _role_credentials.clear()
+        _role_credentials.update(credentials)
+        _state_machines.clear()
+        _state_machines.update(state_machines)
+        _sign_as_the_running_principal()
+
     def patch_moto(self) -> None:
         """Route moto's Lambda invocations to the in-process handlers: Invoke (Step Functions, boto3) runs
         synchronously unless its InvocationType is Event; S3 and SNS notifications run asynchronously."""
@@ -531,6 +578,82 @@ def _serialized(event: dict, limit: int) -> str:
             "RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes for the operation"
         )
     return text
+
+
+_identity = threading.local()  # .principal: logical id of the function or state machine the thread works for
+_role_credentials: dict[str, ReadOnlyCredentials] = {}
+_state_machines: dict[str, str] = {}  # ARN -> logical id
+
+
+def current_principal() -> str | None:
+    return getattr(_identity, "principal", None)
+
+
+def _as_principal(principal: str | None, fn, *args, **kwargs):
+    before = current_principal()
+    _identity.principal = principal
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _identity.principal = before
+
+
+class _RunningPrincipalCredentials(Credentials):
+    """Credentials looked up at signing time: the role's of the function (or state machine) the signing
+    thread works for, else the process's own from the environment."""
+
+    def __init__(self):
+        self.method = "xjobs-local-runtime"
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        principal = current_principal()
+        if principal in _role_credentials:
+            return _role_credentials[principal]
+        environ = os.environ
+        return ReadOnlyCredentials(
+            environ.get("AWS_ACCESS_KEY_ID"),
+            environ.get("AWS_SECRET_ACCESS_KEY"),
+            environ.get("AWS_SESSION_TOKEN"),
+        )
+
+    access_key = property(lambda self: self.get_frozen_credentials().access_key)
+    secret_key = property(lambda self: self.get_frozen_credentials().secret_key)
+    token = property(lambda self: self.get_frozen_credentials().token)
+
+
+def _sign_as_the_running_principal() -> None:
+    """Every botocore session of the process hands out _RunningPrincipalCredentials (clients given
+    explicit keys keep them); work a function submits to a thread pool keeps the function's identity; a
+    state machine's Lambda tasks run as the state machine."""
+    if getattr(botocore.session.Session.get_credentials, "_xjobs", False):
+        return
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    credentials = _RunningPrincipalCredentials()
+
+    def get_credentials(self):
+        return credentials
+
+    get_credentials._xjobs = True
+    botocore.session.Session.get_credentials = get_credentials
+
+    submit = ThreadPoolExecutor.submit
+
+    def submit_as_principal(self, fn, /, *args, **kwargs):
+        principal = current_principal()
+        if principal is None:
+            return submit(self, fn, *args, **kwargs)
+        return submit(self, _as_principal, principal, fn, *args, **kwargs)
+
+    ThreadPoolExecutor.submit = submit_as_principal
+
+    invoke = lambda_eval_utils.execute_lambda_function_integration
+
+    def invoke_as_state_machine(env, *args, **kwargs):
+        arn = env.states.context_object.context_object_data["StateMachine"]["Id"]
+        return _as_principal(_state_machines.get(arn), invoke, env, *args, **kwargs)
+
+    lambda_eval_utils.execute_lambda_function_integration = invoke_as_state_machine
 
 
 _router_state = threading.local()

@@ -87,25 +87,24 @@ def _write_files(store: batches.BatchStore, batch: dict, bucket: str) -> dict:
 
 
 def _announce(store: batches.BatchStore, batch: dict, topic_arn: str) -> None:
-    if not store.claim(batch["id"], batches.NOTIFIED_FLAG):
-        return
-    try:
-        notify.publish(
+    """Once (see notify.announce_once): a finalizer that dies holding the lease leaves it to expire,
+    and Lambda's retry of the asynchronous invocation announces."""
+    event_id = notify.event_id(batch["id"])
+    announced = notify.announce_once(
+        store.table,
+        {"id": batch["id"]},
+        lambda: notify.publish(
             topic_arn,
-            {"batch": batch_view(batch, links=False)},
+            {"id": event_id, "batch": batch_view(batch, links=False)},
             event=f"batch.{batch['status']}",
+            event_id=event_id,
             kind="chat.batch",
             status=batch["status"],
             tenant=batch["tenant"],
-        )
-    except Exception:
-        store.table.update_item(
-            Key={"id": batch["id"]},
-            UpdateExpression="REMOVE #flag",
-            ExpressionAttributeNames={"#flag": batches.NOTIFIED_FLAG},
-        )
-        raise
-    logger.info("batch announced", extra={"status": batch["status"]})
+        ),
+    )
+    if announced:
+        logger.info("batch announced", extra={"status": batch["status"]})
 
 
 class _JsonlUpload:

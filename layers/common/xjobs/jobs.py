@@ -172,17 +172,25 @@ class JobStore:
             ExpressionAttributeValues=values,
         )
 
-    def park(self, job_id: str, token: str) -> bool:
+    def park(self, job_id: str, token: str, seen_news: int = 0) -> bool:
         """Store the token that wakes the job's loop; False if the job is no longer active, or if news
-        (an upstream callback) came after the last poll: then the loop should poll, not wait."""
+        (an upstream callback) came after the last poll and after `seen_news`, the news the last Poll
+        read: then the loop should poll, not wait. News that Poll saw waits for the timer Poll set, so
+        a Poll that could not act on it (the limiter was full) never makes the loop spin."""
         stored = self._update_if(
             Key={"id": job_id},
             UpdateExpression="SET wake_token = :token",
             ConditionExpression=(
-                "#status IN (:pending, :proc) AND (attribute_not_exists(news_at) OR news_at < polled_at)"
+                "#status IN (:pending, :proc) AND (attribute_not_exists(news_at) OR news_at < polled_at"
+                " OR news_at <= :seen)"
             ),
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":token": token, ":pending": PENDING, ":proc": PROCESSING},
+            ExpressionAttributeValues={
+                ":token": token,
+                ":pending": PENDING,
+                ":proc": PROCESSING,
+                ":seen": seen_news,
+            },
         )
         return stored is not None
 

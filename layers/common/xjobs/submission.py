@@ -37,7 +37,11 @@ def submit_job(tenant: str, kind: str, request, idempotency_key: str | None, lam
     if timeout > settings.job_timeout_max_seconds:
         raise BadRequest(f"field 'timeout_seconds': must be at most {settings.job_timeout_max_seconds}")
     if request.webhook_url:
-        problem = check_webhook_url(request.webhook_url, allow_http=settings.allow_http_webhooks)
+        problem = check_webhook_url(
+            request.webhook_url,
+            allow_http=settings.allow_http_webhooks,
+            allow_loopback=settings.allow_loopback_webhooks,
+        )
         if problem:
             raise BadRequest(f"field 'webhook_url': {problem}")
     submission = {
@@ -90,7 +94,7 @@ def _create_job(*, submission: dict) -> dict:
         aws.client("stepfunctions").start_execution(
             stateMachineArn=settings.state_machine_arn,
             name=job["id"],
-            input=json.dumps({"job_id": job["id"], "polls": 0}),
+            input=json.dumps({"job_id": job["id"], "polls": 0, "faults": 0}),
         )
     except Exception:
         store.delete(job["id"])  # a job without an execution would never move: take it back
