@@ -141,6 +141,8 @@ class Account:
             self.topic_arn,
             {"event": event, "account": account},
             event=event,
+            # One block (or resume) is one event, whichever worker announces it.
+            event_id=notify.event_id(f"account_{event}_{account.get('since', 0)}"),
             kind="xai.account",
             status="blocked" if event == BLOCKED_EVENT else "active",
             tenant="*",
