@@ -17,6 +17,8 @@ PARAMETERS = {
     "PollMaxWaitSeconds": "2",
     "JobTimeoutDefaultSeconds": "120",
     "JobTimeoutMaxSeconds": "600",
+    # The sweeper looks for jobs whose loop ended every 2 s (rate in seconds: the local stack only).
+    "SweeperSchedule": "rate(2 seconds)",
     "AuthCacheSeconds": "1",  # a revoked key is refused within a second
 }
 SIMULATOR = SimulatorConfig(
@@ -49,7 +51,8 @@ def xai_contract_kept(stack, request):
 def sim(stack):
     """The simulator, put back to the session's configuration after each test."""
     yield stack.simulator
-    stack.simulator.update(**dataclasses.asdict(SIMULATOR))
+    # The stack turned the callbacks extension on if it calls back (tests/e2e_callbacks): keep it.
+    stack.simulator.update(**(dataclasses.asdict(SIMULATOR) | {"callbacks": stack.upstream_callbacks}))
 
 
 @pytest.fixture

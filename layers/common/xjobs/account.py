@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from . import aws, notify
 from .jobs import conditional_failure
+from .observability import account_blocked
 
 ITEM_ID = "xai-account#blocked"
 READ_SECONDS = 1.0  # how stale a container's view of the block may be
@@ -63,6 +64,7 @@ class Account:
 
     def block(self, status_code: int, message: str) -> None:
         """xAI said the account is blocked: record it; the caller that records it first announces it."""
+        account_blocked(f"xAI answered {status_code}: {message[:300]}")  # each refusal, for the alarm
         now = time.time()
         from decimal import Decimal
 
@@ -135,8 +137,8 @@ class Account:
         return max(1.0, min(cap, wait * random.uniform(0.8, 1.2)))
 
     def _announce(self, event: str, account: dict) -> None:
-        # One block, one id per event: the block's start names it.
-        event_id = notify.event_id(f"account_{account['since']}_{event.split('.')[1]}")
+        # One block (or resume) is one event, whichever worker announces it.
+        event_id = notify.event_id(f"account_{event}_{account.get('since', 0)}")
         notify.publish(
             self.topic_arn,
             {"id": event_id, "event": event, "account": account},
