@@ -426,6 +426,7 @@ def _pay_moto_setup_costs_once() -> None:
     import functools
     import sys
 
+    import botocore.session
     from botocore.config import Config
     from moto import backends
     from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -445,7 +446,11 @@ def _pay_moto_setup_costs_once() -> None:
     def shared_client(region: str, service: str, state_credentials=None):
         with clients_lock:  # built once, not by every execution that starts at the same moment
             if (region, service) not in clients:
-                clients[(region, service)] = build_client(region, service, state_credentials)
+                client = build_client(region, service, state_credentials)
+                # moto gives it fixed keys; the process's credential provider instead, through which the
+                # local runtime signs a state machine's tasks with the state machine's role.
+                client._request_signer._credentials = botocore.session.Session().get_credentials()
+                clients[(region, service)] = client
             return clients[(region, service)]
 
     boto_client.boto_client_for = shared_client

@@ -16,14 +16,14 @@ here instead, for every service, in the emulator's request path (local/aws_emula
   target; HeadObject: s3:GetObject; ...), and each is evaluated against the role's statements (explicit
   Deny wins, then Allow; Action/NotAction and Resource/NotResource with * and ? wildcards). A request
   not allowed is answered as AWS answers it (AccessDenied in the service's error format) and recorded;
-- requests with any other credentials (tests, the emulator's Step Functions and event sources, a
-  user's aws CLI) are the operator's and are not restricted.
+- a state machine's Lambda tasks are invoked with its own role's credentials (local/runtime.py);
+- requests with any other credentials (tests, the emulator's event sources and notifications, a user's
+  aws CLI) are the operator's and are not restricted.
 
 Not evaluated: statements with a Condition (left out, so such an Allow grants nothing), resource-based
 policies (the bucket's TLS-only policy, Lambda permissions), permission boundaries and SCPs.
 """
 
-import fnmatch
 import functools
 import json
 import re
@@ -48,26 +48,46 @@ BATCH_ACTIONS = {
     },
     "sns": {"PublishBatch": "Publish"},
 }
+# Services whose SigV4 signing name is not their IAM prefix.
+IAM_PREFIX = {"monitoring": "cloudwatch", "email": "ses", "execute-api": "execute-api"}
 _CREDENTIAL_KEY = re.compile(r"Credential=([^/,\s]+)/")
 
 
 @dataclass
 class Principal:
-    function: str  # the function's logical id
+    name: str  # logical id of the function or state machine
     role: str  # the role's logical id
     statements: list[dict]
+    _rules: list = field(init=False, repr=False)
+    _decided: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self):
+        self._rules = [_compiled(statement) for statement in self.statements if "Condition" not in statement]
+
+    def allows(self, action: str, resource: str) -> bool:
+        """IAM's evaluation of identity policies: an explicit Deny wins, else any Allow (memoized: the
+        emulator asks for the same table, queue or topic on most requests)."""
+        key = (action, resource)
+        decided = self._decided.get(key)
+        if decided is None:
+            decided = _evaluate(self._rules, action, resource)
+            if len(self._decided) > 50_000:
+                self._decided.clear()
+            self._decided[key] = decided
+        return decided
 
 
 @dataclass(frozen=True, order=True)
 class Call:
-    function: str
+    principal: str  # logical id of the function or state machine
     action: str
     resource: str
 
 
 @dataclass
 class Authorizer:
-    """Decides the requests signed with a function's credentials; records every one it decided."""
+    """Decides the requests signed with a function's (or state machine's) role credentials; records
+    every one it decided."""
 
     region: str
     account: str
@@ -75,7 +95,6 @@ class Authorizer:
     secret_arns: dict[str, str] = field(default_factory=dict)  # secret name -> ARN
     calls: Counter = field(default_factory=Counter)  # Call -> requests allowed
     denied: Counter = field(default_factory=Counter)  # Call -> requests refused
-    enforce: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, environ: dict, service: str, body: bytes) -> tuple[str, list, bytes] | None:
@@ -85,13 +104,13 @@ class Authorizer:
             return None
         refused = None
         for action, resource in requested(self, environ, service, body):
-            call = Call(principal.function, action, resource)
-            ok = allows(principal.statements, action, resource)
+            call = Call(principal.name, action, resource)
+            ok = principal.allows(action, resource)
             with self._lock:
                 (self.calls if ok else self.denied)[call] += 1
             if not ok and refused is None:
                 refused = call
-        if refused is None or not self.enforce:
+        if refused is None:
             return None
         return access_denied(service, environ, refused, principal, self.account)
 
@@ -104,7 +123,7 @@ class Authorizer:
         """The refused calls, one line each: function, action, resource, how many times."""
         with self._lock:
             return [
-                f"{c.function}: {c.action} on {c.resource} denied ({n}x)"
+                f"{c.principal}: {c.action} on {c.resource} denied ({n}x)"
                 for c, n in sorted(self.denied.items())
             ]
 
@@ -146,7 +165,7 @@ def requested(auth: Authorizer, environ: dict, service: str, body: bytes) -> lis
         return [(f"secretsmanager:{action}", auth.secret_arns.get(secret, secret) if secret else "*")]
     if service == "states":
         return [(f"states:{action}", params.get("stateMachineArn") or params.get("executionArn") or "*")]
-    return [(f"{service}:{action}", "*")]
+    return [(f"{IAM_PREFIX.get(service, service)}:{action}", "*")]
 
 
 def _dynamodb(auth: Authorizer, action: str, params: dict) -> list[tuple[str, str]]:
@@ -231,42 +250,47 @@ def _form(environ: dict, body: bytes) -> dict:
 
 
 # ---- policy evaluation -------------------------------------------------------------------------------
-def allows(statements: list[dict], action: str, resource: str) -> bool:
-    """IAM's evaluation for one principal's identity policies: an explicit Deny wins, else any Allow."""
+# A statement as (effect, action pattern, Action or NotAction, resource pattern, Resource or NotResource).
+# Statements with a Condition are left out: nothing here knows the request's context keys.
+def _compiled(statement: dict) -> tuple:
+    negate_action = "Action" not in statement
+    negate_resource = "Resource" not in statement
+    actions = _list(statement.get("NotAction" if negate_action else "Action"))
+    resources = _list(statement.get("NotResource" if negate_resource else "Resource"))
+    return (
+        statement.get("Effect"),
+        _pattern(actions, case=False),
+        negate_action,
+        _pattern(resources, case=True),
+        negate_resource,
+    )
+
+
+def _evaluate(rules: list[tuple], action: str, resource: str) -> bool:
     allowed = False
-    for statement in statements:
-        if "Condition" in statement or not _applies(statement, action, resource):
+    for effect, actions, negate_action, resources, negate_resource in rules:
+        if (actions.match(action) is None) != negate_action:
             continue
-        if statement.get("Effect") == "Deny":
+        if (resources.match(resource) is None) != negate_resource:
+            continue
+        if effect == "Deny":
             return False
         allowed = True
     return allowed
 
 
-def _applies(statement: dict, action: str, resource: str) -> bool:
-    if "Action" in statement:
-        action_ok = any(_match(p, action, case=False) for p in _list(statement["Action"]))
-    else:
-        action_ok = not any(_match(p, action, case=False) for p in _list(statement.get("NotAction")))
-    if not action_ok:
-        return False
-    if "Resource" in statement:
-        return any(_match(p, resource) for p in _list(statement["Resource"]))
-    return not any(_match(p, resource) for p in _list(statement.get("NotResource")))
+def _pattern(patterns: list, case: bool) -> re.Pattern:
+    """IAM wildcards (* any characters, / included; ? one character; nothing else special), one regex."""
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    alternatives = "|".join(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in str(p)) for p in patterns
+    )
+    return re.compile(f"(?:{alternatives})\\Z", 0 if case else re.IGNORECASE)
 
 
 def _list(value) -> list:
     return value if isinstance(value, list) else [] if value is None else [value]
-
-
-@functools.lru_cache(maxsize=4096)
-def _pattern(pattern: str, case: bool) -> re.Pattern:
-    return re.compile(fnmatch.translate(pattern).replace("(?s:", "(?s:" if case else "(?si:", 1))
-
-
-def _match(pattern: str, value: str, case: bool = True) -> bool:
-    # IAM wildcards: * any characters (also /), ? one character; nothing else is special.
-    return _pattern(str(pattern).replace("[", "[[]"), case).match(value) is not None
 
 
 def statements_of(role: dict, managed_documents: dict[str, dict]) -> list[dict]:
@@ -290,7 +314,7 @@ def aws_managed_documents() -> dict[str, dict]:
 
 # ---- refusals, as each protocol answers them -----------------------------------------------------------
 def access_denied(service: str, environ: dict, call: Call, principal: Principal, account: str):
-    who = f"arn:aws:sts::{account}:assumed-role/{principal.role}/{principal.function}"
+    who = f"arn:aws:sts::{account}:assumed-role/{principal.role}/{principal.name}"
     message = f"User: {who} is not authorized to perform: {call.action} on resource: {call.resource}"
     if service == "s3":
         body = f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"

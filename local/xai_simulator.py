@@ -6,8 +6,10 @@ limits answered with a bare 429 (no Retry-After, no x-ratelimit-*), flat error b
 ``{"code": "<gRPC status sentence>", "error": "<text>"}``, a "credits exhausted" mode, latency
 distributions and injected faults. Conveniences xAI does not offer (rate-limit headers, Retry-After,
 a video cancel route, upstream callbacks, the seed documents' shapes) are SimulatorConfig options,
-off by default. It logs every /v1 call so tests can count them; `/sim/*` endpoints let another
-process read the log and change the behaviour. Standard library only.
+off by default. It logs every /v1 call so tests can count them, with where the call broke xAI's
+contract (local/xai_contract: the request against xAI's schemas, the answer's route, headers and
+body); `/sim/*` endpoints let another process read the log and change the behaviour. Standard
+library and jsonschema only.
 
     python -m local.xai_simulator --port 8787 --api-key sim-key --video-duration 2 --rpm 600
 """
@@ -37,12 +39,20 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import xai_contract
+
 # Recorded as CallRecord.tenant_header, so tests can check which tenant a call was made for.
 TENANT_HEADER = "X-Xjobs-Tenant"
 
-DEFAULT_VIDEO_SECONDS = 6
+DEFAULT_VIDEO_SECONDS = 8
 USD_TICKS = 10**10
 VIDEO_USD_PER_SECOND = {"480p": 0.05, "720p": 0.07, "1080p": 0.10}
+CHAT_USD_PER_TOKEN = (0.20 / 10**6, 0.50 / 10**6)  # prompt, completion
+VIDEO_MODELS = ("grok-imagine-video", "grok-imagine-video-1.5")
+HD_VIDEO_MODELS = ("grok-imagine-video-1.5",)  # the only one rendering 1080p
+ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
+RESOLUTIONS = ("480p", "720p", "1080p")
+MODERATED_MESSAGE = "Generated video rejected by content moderation."
 
 
 @dataclass
@@ -54,7 +64,13 @@ class SimulatorConfig:
     video_duration_sigma: float = 0.5
     video_submit_latency: float = 0.0  # seconds a video submit takes to be answered
     deferred_chat_duration: float = 0.5
+    # How a video ends: failed (200, status "failed"), moderated (the poll answers 400, billed),
+    # expired (200, status "expired"), else done.
     video_failure_rate: float = 0.0
+    video_moderation_rate: float = 0.0
+    video_expired_rate: float = 0.0
+    # A pending video answers 202 with {"status": "pending", "progress": N} this often, else empty.
+    video_pending_body_rate: float = 0.5
     # xAI's limits are given per minute but enforced per second (RPM/60, TPM/60): no minute-sized burst.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
@@ -76,6 +92,7 @@ class SimulatorConfig:
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
+EXTENSIONS = ("rate_limit_headers", "retry_after", "video_cancel", "callbacks", "seed_shapes")
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,10 @@ class CallRecord:
     body: dict | None
     request_id: str | None
     tenant_header: str | None
+    # Where the request, or the simulator's answer, broke xAI's contract (local/xai_contract) with the
+    # options that were on.
+    request_violations: tuple[str, ...] = ()
+    answer_violations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -165,6 +186,8 @@ class _Request:
     request_id: str | None = None
 
     def json(self) -> dict:
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            raise _ApiError(_plain_reply(415, "Expected request with `Content-Type: application/json`"))
         if self.body_error:
             raise _ApiError(_plain_reply(400, self.body_error))
         return self.body
@@ -177,7 +200,7 @@ class _Job:
     model: str
     created: float
     finish_time: float  # wall clock, scheduled when the job was created
-    fails: bool
+    outcome: str  # "done" | "failed" | "moderated" | "expired"
     duration: int = 0
     resolution: str = "480p"
     result: dict | None = None
@@ -190,7 +213,13 @@ class _Job:
             return "cancelled"
         if now < self.finish_time:
             return "pending"
-        return "failed" if self.fails else "done"
+        return self.outcome
+
+    def cost_ticks(self) -> int:
+        """What xAI bills for the video: its seconds at its resolution's price, moderated or not."""
+        if self.kind != "video" or self.outcome not in ("done", "moderated"):
+            return 0
+        return round(self.duration * VIDEO_USD_PER_SECOND.get(self.resolution, 0.05) * USD_TICKS)
 
     def progress(self, now: float) -> int:
         span = self.finish_time - self.created
@@ -311,14 +340,25 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _undeserializable(problem: str) -> _ApiError:
+    """xAI answers a body it cannot read into its request type with a plain-text 422."""
+    return _ApiError(
+        _plain_reply(422, f"Failed to deserialize the JSON body into the target type: {problem}")
+    )
+
+
 def _check_messages(messages: Any, field: str) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
+    if messages is None:
+        raise _undeserializable(f"missing field `{field}`")
+    if not isinstance(messages, list):
+        raise _undeserializable(f"{field}: invalid type, expected a sequence")
+    if not messages:
         raise _invalid(field, "must be a non-empty list of messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _invalid(f"{field}[{i}].role", "is required and must be a string")
+            raise _undeserializable(f"{field}[{i}]: missing field `role`")
         if not isinstance(message.get("content"), str | list):
-            raise _invalid(f"{field}[{i}].content", "is required and must be a string or a list of parts")
+            raise _undeserializable(f"{field}[{i}].content: expected a string or a list of parts")
     return messages
 
 
@@ -326,9 +366,34 @@ def _optional_positive_int(body: dict, field: str) -> int | None:
     value = body.get(field)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _undeserializable(f"{field}: invalid type: {type(value).__name__}, expected an integer")
+    if value < 1:
         raise _invalid(field, "must be a positive integer")
     return value
+
+
+def _is_reasoning(model: str) -> bool:
+    if "non-reasoning" in model:
+        return False
+    return model.startswith(("grok-3-mini", "grok-4", "grok-code"))
+
+
+def _check_parameters(model: str, body: dict) -> None:
+    """The per-model rejections xAI answers with 400 (its docs and live captures)."""
+    unsupported = []
+    if body.get("presence_penalty") is not None and (model.startswith("grok-3") or _is_reasoning(model)):
+        unsupported.append("presencePenalty")
+    if _is_reasoning(model):
+        unsupported += [
+            name
+            for field, name in (("frequency_penalty", "frequencyPenalty"), ("stop", "stop"))
+            if body.get(field) is not None
+        ]
+    if body.get("reasoning_effort") is not None and not model.startswith("grok-3-mini"):
+        unsupported.append("reasoningEffort")
+    if unsupported:
+        raise _ApiError(_error_reply(400, f"Model {model} does not support parameter {unsupported[0]}."))
 
 
 def _prompt_tokens(messages: list[dict]) -> int:
@@ -341,12 +406,16 @@ def _echo(messages: list[dict]) -> str:
     return "echo: " + _text_of(users[-1].get("content"))[:200]
 
 
-def _check_model(body: dict, grok_only: bool) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _invalid("model", "is required and must be a string")
-    if grok_only and not model.startswith("grok"):
-        raise _ApiError(_error_reply(404, f"The model {model} does not exist"))
+def _check_model(body: dict, known: Callable[[str], bool], default: str | None = None) -> str:
+    model = body.get("model", default)
+    if model is None:
+        raise _undeserializable("missing field `model`")
+    if not isinstance(model, str):
+        raise _undeserializable("model: invalid type, expected a string")
+    if not known(model):
+        raise _ApiError(
+            _error_reply(404, f"The model {model} does not exist or your team does not have access to it")
+        )
     return model
 
 
@@ -366,6 +435,7 @@ class XaiSimulator:
         self._rng = random.Random(self._config.random_seed)
         self._calls: list[CallRecord] = []
         self._jobs: dict[str, _Job] = {}
+        self._chat_billed_ticks = 0
         self._injections: list[tuple[str, deque]] = []
         self._chat_requests = _Bucket()
         self._chat_tokens = _Bucket()
@@ -432,6 +502,16 @@ class XaiSimulator:
         with self._lock:
             return list(self._calls)
 
+    def violations(self, since: int = 0, requests: bool = True, answers: bool = True) -> list[str]:
+        """The contract violations of the calls logged from index `since` on (those of the requests
+        clients sent, of the simulator's answers, or both), as "METHOD path: problem"."""
+        return [
+            f"{c.method} {c.path}: {problem}"
+            for c in self.calls[since:]
+            for problem in (c.request_violations if requests else ())
+            + (c.answer_violations if answers else ())
+        ]
+
     def count(
         self, path_prefix: str | None = None, status: int | None = None, method: str | None = None
     ) -> int:
@@ -478,6 +558,7 @@ class XaiSimulator:
         with self._lock:
             self._calls.clear()
             self._jobs.clear()
+            self._chat_billed_ticks = 0
             self._injections.clear()
             self._chat_requests = _Bucket()
             self._chat_tokens = _Bucket()
@@ -493,12 +574,16 @@ class XaiSimulator:
         now = time.time()
         with self._lock:
             jobs = Counter(f"{j.kind}:{j.state(now)}" for j in self._jobs.values())
+            video_ticks = sum(j.cost_ticks() for j in self._jobs.values() if j.state(now) != "pending")
+            billed = {"chat": self._chat_billed_ticks, "video": video_ticks}
         return {
             "total": len(calls),
             "by_status": dict(Counter(str(c.status) for c in calls)),
             "by_path": {path: dict(counts) for path, counts in by_path.items()},
             "rate_limited": sum(1 for c in calls if c.status == 429),
             "jobs": dict(jobs),
+            # What xAI would bill: chat completions answered, videos rendered (moderated ones too).
+            "billed_usd_ticks": billed | {"total": sum(billed.values())},
         }
 
     # -- request dispatch --------------------------------------------------------------------------
@@ -518,15 +603,19 @@ class XaiSimulator:
             try:
                 body = json.loads(raw_body)
             except ValueError:
-                body_error = "Invalid JSON body"
+                body_error = "Failed to parse the request body as JSON"
             if body is not None and not isinstance(body, dict):
-                body, body_error = None, "The request body must be a JSON object"
+                body, body_error = (
+                    None,
+                    "Failed to deserialize the JSON body into the target type: expected a map",
+                )
         elif method == "POST":
-            body_error = "The request body must be a JSON object"
+            body_error = "Failed to parse the request body as JSON: EOF while parsing a value"
         with self._lock:
             config = self._config
         request = _Request(method, path, headers, body, body_error, config)
-        status = 0
+        extensions = frozenset(name for name in EXTENSIONS if getattr(config, name))
+        status, reply = 0, None
         try:
             reply = self._api_reply(request)
             status = reply.status
@@ -535,8 +624,29 @@ class XaiSimulator:
             status = 0 if drop.reset else 504
             raise
         finally:
+            request_violations = xai_contract.request_problems(method, path, body, extensions)
+            answer_violations = []
+            if reply is not None:
+                answer_violations = xai_contract.response_problems(
+                    method,
+                    path,
+                    body,
+                    reply.status,
+                    reply.headers,
+                    reply.content_type,
+                    reply.payload(),
+                    extensions,
+                )
             record = CallRecord(
-                arrived, method, path, status, body, request.request_id, headers.get(TENANT_HEADER)
+                arrived,
+                method,
+                path,
+                status,
+                body,
+                request.request_id,
+                headers.get(TENANT_HEADER),
+                tuple(request_violations),
+                tuple(answer_violations),
             )
             with self._lock:
                 self._calls.append(record)
@@ -669,18 +779,25 @@ class XaiSimulator:
 
     def _chat_completions(self, request: _Request) -> _Reply:
         body = request.json()
-        model = _check_model(body, grok_only=True)
+        model = _check_model(body, _is_chat_model)
         messages = _check_messages(body.get("messages"), "messages")
         max_tokens = _optional_positive_int(body, "max_tokens") or _optional_positive_int(
             body, "max_completion_tokens"
         )
-        deferred = body.get("deferred", False)
+        deferred = body.get("deferred") or False
         if not isinstance(deferred, bool):
-            raise _invalid("deferred", "must be a boolean")
+            raise _undeserializable("deferred: invalid type, expected a boolean")
+        _check_parameters(model, body)
         prompt_tokens = _prompt_tokens(messages)
         headers = self._admit_chat(request.config, prompt_tokens + (max_tokens or 64))
         content = _echo(messages)
         completion_tokens = min(max_tokens or 64, len(content) // 4 + 1)
+        ticks = round(
+            prompt_tokens * CHAT_USD_PER_TOKEN[0] * USD_TICKS
+            + completion_tokens * CHAT_USD_PER_TOKEN[1] * USD_TICKS
+        )
+        with self._lock:
+            self._chat_billed_ticks += ticks
         completion = {
             "id": str(uuid.uuid4()),
             "object": "chat.completion",
@@ -697,15 +814,30 @@ class XaiSimulator:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {
+                    "text_tokens": prompt_tokens,
+                    "audio_tokens": 0,
+                    "image_tokens": 0,
+                    "cached_tokens": 0,
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+                "num_sources_used": 0,
+                "cost_in_usd_ticks": ticks,
             },
             "system_fingerprint": "fp_xai_simulator",
+            "service_tier": "default",
         }
         if deferred:
             job = self._add_job(
                 "chat",
                 model,
                 request.config.deferred_chat_duration,
-                fails=False,
+                outcome="done",
                 callback_url=body.get("callback_url"),
                 config=request.config,
                 result=completion,
@@ -730,7 +862,7 @@ class XaiSimulator:
 
     def _responses(self, request: _Request) -> _Reply:
         body = request.json()
-        model = _check_model(body, grok_only=True)
+        model = _check_model(body, _is_chat_model)
         given = body.get("input")
         if isinstance(given, str) and given:
             messages = [{"role": "user", "content": given}]
@@ -772,41 +904,76 @@ class XaiSimulator:
 
     def _video_submit(self, request: _Request) -> _Reply:
         body = request.json()
-        model = _check_model(body, grok_only=False)
+        model = _check_model(body, lambda name: name in VIDEO_MODELS, default=VIDEO_MODELS[0])
+        edit = request.path.endswith("/edits")
         prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise _invalid("prompt", "is required and must be a non-empty string")
-        duration = _optional_positive_int(body, "duration")
-        if duration is not None and duration > 15:
-            raise _invalid("duration", "must be an integer from 1 to 15")
-        if request.path.endswith("/edits"):
+        if prompt is None and (edit or body.get("image") is None):
+            raise _undeserializable("missing field `prompt`")
+        if prompt is not None and not isinstance(prompt, str):
+            raise _undeserializable("prompt: invalid type, expected a string")
+        if prompt is not None and not prompt.strip():
+            raise _invalid("prompt", "must not be empty")
+        duration, resolution = DEFAULT_VIDEO_SECONDS, "480p"
+        if edit:
             video = body.get("video")
-            if not isinstance(video, dict) or not isinstance(video.get("url"), str) or not video["url"]:
+            if video is None:
+                raise _undeserializable("missing field `video`")
+            url = video.get("url") if isinstance(video, dict) else None
+            if not isinstance(url, str) or not url:
                 raise _invalid("video.url", "is required and must be a non-empty string")
-        for field in ("aspect_ratio", "resolution", "callback_url"):
-            if field in body and not isinstance(body[field], str):
-                raise _invalid(field, "must be a string")
-        if "image" in body and not isinstance(body["image"], dict | str):
-            raise _invalid("image", "must be an object with a url")
+            if not (url.split("?")[0].lower().endswith(".mp4") or url.startswith("data:video/mp4")):
+                raise _invalid("video.url", "the video must have the .mp4 file extension")
+            # An edit's duration and resolution follow its input video (at most ~8.7 s).
+        else:
+            given = body.get("duration")
+            if isinstance(given, str) and given.isdigit():  # xAI accepts "8" as well as 8
+                given = int(given)
+            if given is not None:
+                if not isinstance(given, int) or isinstance(given, bool):
+                    raise _undeserializable("duration: invalid type, expected an integer")
+                if not 1 <= given <= 15:
+                    raise _invalid("duration", "must be an integer from 1 to 15")
+                duration = given
+            for field, allowed in (("aspect_ratio", ASPECT_RATIOS), ("resolution", RESOLUTIONS)):
+                value = body.get(field)
+                if value is not None and value not in allowed:
+                    raise _undeserializable(f"{field}: unknown variant `{value}`, expected one of {allowed}")
+            resolution = body.get("resolution") or resolution
+            if resolution == "1080p" and model not in HD_VIDEO_MODELS:
+                raise _invalid("resolution", f"1080p is not supported by {model}")
+            image = body.get("image")
+            if image is not None and not (isinstance(image, dict) and isinstance(image.get("url"), str)):
+                raise _undeserializable("image: expected an object with a url")
         self._admit_video(request.config)
         config = request.config
         self._sleep(config.video_submit_latency)
-        with self._lock:
-            fails = self._rng.random() < config.video_failure_rate
         job = self._add_job(
             "video",
             model,
             self._draw_lognormal(config.video_duration_median, config.video_duration_sigma),
-            fails=fails,
+            outcome=self._draw_outcome(config),
             callback_url=body.get("callback_url"),
             config=config,
-            duration=duration or DEFAULT_VIDEO_SECONDS,
-            resolution=body.get("resolution") or "480p",
+            duration=duration,
+            resolution=resolution,
         )
         request.request_id = job.id
         if config.seed_shapes:
             return _Reply(200, {"id": job.id, "status": "pending", "created": int(job.created)})
         return _Reply(200, {"request_id": job.id})
+
+    def _draw_outcome(self, config: SimulatorConfig) -> str:
+        with self._lock:
+            draw = self._rng.random()
+        for rate, outcome in (
+            (config.video_failure_rate, "failed"),
+            (config.video_moderation_rate, "moderated"),
+            (config.video_expired_rate, "expired"),
+        ):
+            if draw < rate:
+                return outcome
+            draw -= rate
+        return "done"
 
     def _video_status(self, request: _Request) -> _Reply:
         now = time.time()
@@ -815,9 +982,13 @@ class XaiSimulator:
         if request.config.seed_shapes:
             return _Reply(200, self._seed_video_status(job, state, now))
         if state == "pending":
-            return _Reply(200, {"status": "pending", "model": job.model, "progress": job.progress(now)})
+            # xAI's spec declares the 202 without content; live answers sometimes carry a body.
+            with self._lock:
+                with_body = self._rng.random() < request.config.video_pending_body_rate
+            return _Reply(202, {"status": "pending", "progress": job.progress(now)} if with_body else None)
+        if state == "moderated":
+            return _error_reply(400, MODERATED_MESSAGE, usage={"cost_in_usd_ticks": job.cost_ticks()})
         if state == "done":
-            ticks = round(job.duration * VIDEO_USD_PER_SECOND.get(job.resolution, 0.05) * USD_TICKS)
             return _Reply(
                 200,
                 {
@@ -828,13 +999,13 @@ class XaiSimulator:
                         "respect_moderation": True,
                     },
                     "model": job.model,
-                    "usage": {"cost_in_usd_ticks": ticks},
+                    "usage": {"cost_in_usd_ticks": job.cost_ticks()},
                     "progress": 100,
                 },
             )
-        return _Reply(
-            200, {"status": "failed", "model": job.model, "error": _job_error(state), "progress": 0}
-        )
+        if state == "expired":
+            return _Reply(200, {"status": "expired", "model": job.model})
+        return _Reply(200, {"status": "failed", "error": _job_error(state)})
 
     def _seed_video_status(self, job: _Job, state: str, now: float) -> dict:
         reply: dict[str, Any] = {"id": job.id, "created": int(job.created), "model": job.model}
@@ -882,7 +1053,7 @@ class XaiSimulator:
         kind: str,
         model: str,
         seconds: float,
-        fails: bool,
+        outcome: str,
         callback_url: Any,
         config: SimulatorConfig,
         **extra: Any,
@@ -894,7 +1065,7 @@ class XaiSimulator:
             model,
             now,
             now + seconds,
-            fails,
+            outcome,
             callback_url=callback_url if isinstance(callback_url, str) else None,
             **extra,
         )
@@ -908,7 +1079,7 @@ class XaiSimulator:
         with self._lock:
             if self._jobs.get(job.id) is not job or job.cancelled_at is not None:
                 return
-        payload = {"request_id": job.id, "status": "failed" if job.fails else "done"}
+        payload = {"request_id": job.id, "status": "done" if job.outcome == "done" else "failed"}
         threading.Thread(
             target=_deliver,
             args=(job.callback_url, payload),
@@ -967,9 +1138,13 @@ def _limit_headers(unit: str, limit: int, remaining: float, reset: float) -> dic
 
 
 def _job_error(state: str) -> dict:
-    if state == "cancelled":
-        return {"code": "cancelled", "message": "cancelled by request"}
+    if state == "cancelled":  # the cancel extension's outcome, in a code xAI's enum has
+        return {"code": "failed_precondition", "message": "Cancelled by request"}
     return {"code": "internal_error", "message": "Video generation failed (simulated)"}
+
+
+def _is_chat_model(model: str) -> bool:
+    return model.startswith("grok") and model not in VIDEO_MODELS
 
 
 def _deliver(url: str, payload: dict) -> None:

@@ -17,6 +17,8 @@ PARAMETERS = {
     "PollMaxWaitSeconds": "2",
     "JobTimeoutDefaultSeconds": "120",
     "JobTimeoutMaxSeconds": "600",
+    # The sweeper looks for jobs whose loop ended every 2 s (rate in seconds: the local stack only).
+    "SweeperSchedule": "rate(2 seconds)",
     "AuthCacheSeconds": "1",  # a revoked key is refused within a second
 }
 SIMULATOR = SimulatorConfig(
@@ -32,6 +34,17 @@ def stack():
     local.stop()
     # Every AWS call of every function in the session was checked against its role (local/iam.py).
     assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)
+
+
+@pytest.fixture(autouse=True)
+def xai_contract_kept(stack, request):
+    """Fails the test if a request the stack sent to xAI, or an answer of the simulator, broke xAI's
+    contract (local/xai_contract) while it ran."""
+    since = len(stack.simulator.calls)
+    yield
+    deliberate = request.node.get_closest_marker("sends_invalid_requests") is not None
+    problems = stack.simulator.violations(since, requests=not deliberate)
+    assert not problems, "xAI contract violations:\n" + "\n".join(problems)
 
 
 @pytest.fixture

@@ -18,6 +18,10 @@ PARAMETERS = {
     "BatchMaxAttempts": "3",
     "BatchMaxReceives": "30",
     "ChatRequestsPerMinute": "60000",
+    # The sweeper every 2 s (rate in seconds: the local stack only); one restart before a batch fails.
+    "SweeperSchedule": "rate(2 seconds)",
+    "StalledAfterSeconds": "120",
+    "StalledMaxRestarts": "1",
     "MaxUploadBytes": "300000",  # presigned uploads: small enough for a test to go over it
 }
 SIMULATOR = SimulatorConfig(api_key="sim-batch-key", chat_latency_median=0.02, chat_latency_sigma=0.3)
@@ -31,6 +35,16 @@ def stack():
     local.stop()
     # Every AWS call of every function in the session was checked against its role (local/iam.py).
     assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)
+
+
+@pytest.fixture(autouse=True)
+def xai_contract_kept(sim, request):
+    """Fails the test if a request a worker sent to xAI, or an answer of the simulator, broke xAI's
+    contract (local/xai_contract) while it ran (`sim` empties the log first)."""
+    yield
+    deliberate = request.node.get_closest_marker("sends_invalid_requests") is not None
+    problems = sim.violations(requests=not deliberate)
+    assert not problems, "xAI contract violations:\n" + "\n".join(problems)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 
 from local.stack import LocalStack
-from tests.e2e.conftest import PARAMETERS, SIMULATOR, api, inbox, sim  # noqa: F401  (fixtures)
+from tests.e2e.conftest import PARAMETERS, SIMULATOR, api, inbox, sim, xai_contract_kept  # noqa: F401  (fixtures)
 
 FALLBACK_SECONDS = 30
 

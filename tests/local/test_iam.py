@@ -12,7 +12,8 @@ def iam(stack):
     yield stack.iam
     stack.iam.denied.clear()
     table = stack.resources.physical["RecordsTable"]
-    stack.client("dynamodb").delete_item(TableName=table, Key={"id": {"S": "probe-1"}})
+    for key in ("probe-1", "probe-2"):
+        stack.client("dynamodb").delete_item(TableName=table, Key={"id": {"S": key}})
 
 
 def test_a_call_the_role_allows_succeeds_and_one_it_does_not_is_refused(stack, iam):
@@ -29,7 +30,7 @@ def test_a_call_the_role_allows_succeeds_and_one_it_does_not_is_refused(stack, i
     )
 
     assert outcomes == ["ok", "AccessDenied", "ok", "AccessDeniedException"]
-    refused = {(call.function, call.action, call.resource.rsplit(":", 1)[-1]) for call in iam.denied}
+    refused = {(call.principal, call.action, call.resource.rsplit(":", 1)[-1]) for call in iam.denied}
     bucket = stack.resources.physical["UploadBucket"]
     table = stack.resources.physical["RecordsTable"]
     assert refused == {
@@ -65,3 +66,21 @@ def test_the_operator_s_own_credentials_are_not_restricted(stack, iam):
     table = stack.resources.physical["RecordsTable"]
     stack.client("dynamodb").get_item(TableName=table, Key={"id": {"S": "nobody"}})
     assert not iam.denied
+
+
+def test_batch_and_transaction_calls_are_authorized_as_aws_authorizes_them(stack, iam):
+    outcomes = stack.runtime.invoke(
+        "IamProbeFunction",
+        {
+            "calls": [
+                ["transact_put", "probe-2"],  # dynamodb:PutItem on the table: its policy allows it
+                ["send_message_batch", "{}"],  # sqs:SendMessage: not in its policy
+                ["invoke", "{}"],  # lambda:InvokeFunction: not in its policy
+            ]
+        },
+    )
+
+    assert outcomes == ["ok", "AccessDenied", "AccessDeniedException"]
+    allowed = {call.action for call in iam.calls if call.principal == "IamProbeFunction"}
+    assert "dynamodb:PutItem" in allowed
+    assert sorted(call.action for call in iam.denied) == ["lambda:InvokeFunction", "sqs:SendMessage"]

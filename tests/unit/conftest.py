@@ -41,12 +41,16 @@ def simulator_server() -> Iterator[XaiSimulator]:
 
 
 @pytest.fixture
-def sim(simulator_server: XaiSimulator) -> Iterator[XaiSimulator]:
-    """The session's simulator with an empty log; its configuration is restored after the test."""
+def sim(simulator_server: XaiSimulator, request: pytest.FixtureRequest) -> Iterator[XaiSimulator]:
+    """The session's simulator with an empty log; its configuration is restored after the test, and
+    the test fails if a request the client sent or an answer the simulator gave broke xAI's contract."""
     simulator_server.reset()
     yield simulator_server
+    deliberate = request.node.get_closest_marker("sends_invalid_requests") is not None
+    problems = simulator_server.violations(requests=not deliberate)
     simulator_server.update(**dataclasses.asdict(SIMULATOR))
     simulator_server.reset()
+    assert not problems, "xAI contract violations:\n" + "\n".join(problems)
 
 
 @pytest.fixture

@@ -17,11 +17,13 @@ are held back without 429s — in one DynamoDB item every worker reads, so all o
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
 from . import aws
+from .observability import emit
 
 WINDOW_RETENTION_SECONDS = 3600
 MAX_BLOCK_SECONDS = 120
@@ -36,6 +38,7 @@ class RateLimiter:
         tokens_per_second: float | None = None,
         *,
         epoch: int = 0,
+        window_seconds: float = 1.0,
     ):
         if per_second <= 0 or (tokens_per_second is not None and tokens_per_second <= 0):
             raise ValueError("per_second and tokens_per_second must be positive")
@@ -43,8 +46,9 @@ class RateLimiter:
         self.scope = scope
         self.per_second = per_second
         self.epoch = epoch  # the AdaptiveRate epoch these limits come from (see AdaptiveRate.cut)
-        # A rate under one per second gets a longer window holding a single request.
-        self.window_seconds = max(1.0, 1.0 / per_second)
+        self.last_window: int | None = None  # the window of the last admission
+        # A rate under one per window gets a longer window holding a single request.
+        self.window_seconds = max(window_seconds, 1.0 / per_second)
         self.capacity = max(1, math.floor(per_second * self.window_seconds))
         self.token_capacity = (
             None if tokens_per_second is None else max(1, math.floor(tokens_per_second * self.window_seconds))
@@ -55,6 +59,9 @@ class RateLimiter:
         the next window. All or nothing: a worker admits a whole SQS batch in one call when it fits."""
         now = time.time()
         window = math.floor(now / self.window_seconds)
+        if requests > self.capacity_of(window):
+            # More than any one window holds: the caller asks for them one at a time.
+            return max(0.001, (window + 1) * self.window_seconds - now)
         update = "ADD used :n SET expires_at = if_not_exists(expires_at, :expires)"
         condition = "(attribute_not_exists(used) OR used <= :room)"
         values = {
@@ -77,16 +84,67 @@ class RateLimiter:
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return max(0.001, (window + 1) * self.window_seconds - now)
+                wait = max(0.001, (window + 1) * self.window_seconds - now)
+                if requests == 1:  # a refused group is asked for again request by request: counted there
+                    emit(
+                        {"LimiterWaits": (1, "Count"), "LimiterWaitSeconds": (wait, "Seconds")},
+                        Scope=self.scope,
+                    )
+                return wait
             raise
+        self.last_window = window
         return 0.0
+
+    def count_refused(self, window: int | None) -> None:
+        """Count a 429 on the window its request was admitted in (see accepted_per_minute)."""
+        if window is None:
+            return
+        self.table.update_item(
+            Key={"id": f"{self.scope}#{window}"},
+            UpdateExpression="ADD refused :one SET expires_at = if_not_exists(expires_at, :expires)",
+            ExpressionAttributeValues={":one": 1, ":expires": int(time.time()) + WINDOW_RETENTION_SECONDS},
+        )
+
+    def recent(self, window: int) -> tuple[int, int, float]:
+        """(requests admitted, requests xAI refused, seconds) over the second of windows up to ``window``."""
+        count = max(1, round(1.0 / self.window_seconds))
+        keys = [{"id": {"S": f"{self.scope}#{w}"}} for w in range(window - count + 1, window + 1)]
+        reply = aws.client("dynamodb").batch_get_item(
+            RequestItems={self.table.name: {"Keys": keys, "ConsistentRead": True}}
+        )
+        items = reply["Responses"].get(self.table.name, [])
+        used = sum(int(i.get("used", {}).get("N", 0)) for i in items)
+        refused = sum(int(i.get("refused", {}).get("N", 0)) for i in items)
+        return used, refused, count * self.window_seconds
+
+    def accepted_per_minute(self, window: int | None) -> float | None:
+        """What xAI accepted, as requests per minute, over the second of windows up to ``window``, if it
+        refused some of them (None: no sign yet).
+
+        Admissions minus 429s, while the account was over its limit, is the limit itself, measured.
+        The estimate errs high while answers are still coming."""
+        if window is None:
+            return None
+        used, refused, seconds = self.recent(window)
+        if refused < 2 or used <= refused:
+            return None
+        return (used - refused) / seconds * 60
+
+    def busy(self, window: int | None = None) -> bool:
+        """Whether the second of windows up to ``window`` (by default: up to the current one) admitted
+        about as much as the rate allows: the demand is above the rate, not bunched into one window."""
+        if window is None:
+            window = math.floor(time.time() / self.window_seconds) - 1
+        used, _, seconds = self.recent(window)
+        return used >= 0.9 * self.per_second * seconds
 
     def capacity_of(self, window: int) -> int:
         """Requests one window holds: a fractional rate (9.5 a second) alternates 9 and 10, so the
         windows add up to the rate instead of rounding it down."""
-        if self.window_seconds > 1.0:
+        per_window = self.per_second * self.window_seconds
+        if per_window <= 1.0:
             return self.capacity
-        return max(1, math.floor(self.per_second * (window + 1)) - math.floor(self.per_second * window))
+        return max(1, math.floor(per_window * (window + 1)) - math.floor(per_window * window))
 
     def block(self, seconds: float) -> None:
         """Fill every window of the next ``seconds`` (capped), so no caller goes before they pass."""
@@ -106,13 +164,18 @@ class RateLimiter:
 
 # -- the adaptive rate -------------------------------------------------------------------------------
 
-RATE_READ_SECONDS = 1.0  # how stale a container's copy of the shared rate may be
+RATE_READ_SECONDS = 0.5  # how stale a container's copy of the shared rate may be
+# Chat windows are a quarter second: xAI refills its per-second budget continuously, so a full
+# second's requests sent at once, at the turn of two windows, would be twice what it holds.
+CHAT_WINDOW_SECONDS = 0.25
 GROW_EVERY_SECONDS = 1.0  # the climb: one step per second at most, for all callers together
 GROW_FAST = 0.05  # per step, while far under the rate of the last 429 (or none came yet)
 GROW_SLOW = 0.005  # per step near (or above) it: probing slowly for more
 NEAR_CEILING = 0.9
 CUT_NEAR = 0.9  # a 429 while probing near the last 429's rate: a small step back
 CUT_FAR = 0.75  # a 429 anywhere else (a limit configured too high): a big one
+MAX_CUT = 0.3  # no cut goes below this share of the rate, whatever the estimate
+UNDER_ACCEPTED = 0.95  # a cut to what xAI was seen to accept goes a little under it
 MIN_PER_MINUTE = 1.0
 
 
@@ -170,19 +233,28 @@ class AdaptiveRate:
     def _configured_key(self) -> str:
         return f"{self.configured.requests_per_minute:g}/{self.configured.tokens_per_minute:g}"
 
-    def cut(self, epoch: int) -> Rate:
-        """A 429 of a request admitted under ``epoch``: step the rate down, once per epoch."""
+    def cut(self, epoch: int, accepted: "Callable[[], float | None]" = lambda: None) -> Rate:
+        """A 429 of a request admitted under ``epoch``: step the rate down, once per epoch — to
+        ``CUT_FAR`` or ``CUT_NEAR`` of it, or lower, to just under what xAI was seen to accept
+        (``accepted()`` requests a minute, see RateLimiter.accepted_per_minute), then the ceiling."""
         rate = self.read(fresh=True)
         if rate.epoch != epoch:
             return rate  # the rate was cut since that request went: this 429 is old news
-        near = rate.ceiling and rate.requests_per_minute <= rate.ceiling * 1.02
-        factor = CUT_NEAR if near else CUT_FAR
+        accepted_per_minute = accepted()
+        rpm = rate.requests_per_minute
+        near = rate.ceiling and rpm <= rate.ceiling * 1.02
+        new_rpm = rpm * (CUT_NEAR if near else CUT_FAR)
+        ceiling = rpm
+        if accepted_per_minute and accepted_per_minute < rpm:
+            new_rpm = min(new_rpm, max(rpm * MAX_CUT, accepted_per_minute * UNDER_ACCEPTED))
+            ceiling = accepted_per_minute
+        new_rpm = max(MIN_PER_MINUTE, new_rpm)
         return self._write(
             rate,
-            max(MIN_PER_MINUTE, rate.requests_per_minute * factor),
-            max(MIN_PER_MINUTE, rate.tokens_per_minute * factor),
+            new_rpm,
+            max(MIN_PER_MINUTE, rate.tokens_per_minute * new_rpm / rpm),
             epoch=rate.epoch + 1,
-            ceiling=rate.requests_per_minute,
+            ceiling=ceiling,
         )
 
     def grow(self) -> Rate:

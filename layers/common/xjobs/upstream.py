@@ -3,7 +3,7 @@
 from functools import cache
 
 from .account import Account
-from .limiter import AdaptiveRate, RateLimiter
+from .limiter import CHAT_WINDOW_SECONDS, AdaptiveRate, RateLimiter
 from .settings import get_settings
 from .xai import XaiClient
 
@@ -59,6 +59,7 @@ def chat_limiter() -> RateLimiter:
         rate.requests_per_minute / 60,
         rate.tokens_per_minute / 60,
         epoch=rate.epoch,
+        window_seconds=CHAT_WINDOW_SECONDS,
     )
 
 
@@ -71,7 +72,9 @@ def rate_limited(exc, limiter: RateLimiter) -> float:
     if exc.stated:
         limiter.block(exc.retry_after)
         return exc.retry_after
-    chat_rate().cut(limiter.epoch)
+    window = limiter.last_window
+    limiter.count_refused(window)
+    chat_rate().cut(limiter.epoch, lambda: limiter.accepted_per_minute(window))
     return 0.0
 
 

@@ -2,8 +2,12 @@
 
 Accepts both the real xAI shapes and the seed documents' shapes (``request_id``/``id``,
 ``done``/``completed``, ``video.url``/``data[0].url``, ``pending``/``processing``) and reports
-one normalised :class:`UpstreamStatus`. A 429 is never slept through here: it raises
-:class:`XaiRateLimited` with the wait the server asked for, and the caller decides where to wait.
+one normalised :class:`UpstreamStatus`. A pending video answers 202 with or without a body; a
+moderated one answers its poll with a 400 that is still billed (reported as a failed status with
+the code ``content_moderated``, xAI's message and cost). xAI's error bodies are flat
+(``{"code": <gRPC sentence>, "error": <text>}``) and a 422 may be plain text. A 429 is never slept
+through here: it raises :class:`XaiRateLimited` with the wait the server asked for, if it did, and
+the caller decides where to wait.
 
 httpx is imported where requests are made, not at module import: the API imports this module only
 for its constants, and a cold start should not pay for an HTTP client it does not use.
@@ -17,6 +21,8 @@ import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from .observability import logger, timed
 
 if TYPE_CHECKING:
     import httpx
@@ -32,6 +38,7 @@ _SUBMIT_PATHS = {
     DEFERRED_CHAT: "/chat/completions",
 }
 _PENDING = {"pending", "queued", "processing", "in_progress", "running"}
+MODERATED = "content_moderated"
 _DONE = {"done", "completed", "succeeded", "success"}
 _FAILED = {"failed", "error", "cancelled", "canceled"}
 
@@ -158,7 +165,19 @@ class XaiClient:
     def status(self, kind: str, request_id: str) -> UpstreamStatus:
         if kind == DEFERRED_CHAT:
             return self._deferred_chat_status(request_id)
-        return _video_status(self._request("GET", f"/videos/{request_id}").json())
+        response = self._request("GET", f"/videos/{request_id}", moderation_ok=True)
+        if response.status_code == 400:
+            # Only a moderated video gets here (see _request): the poll's 400 ends it, billed.
+            message, _ = _rejection(response)
+            error: dict[str, Any] = {"code": MODERATED, "message": message}
+            cost = _body(response).get("usage", {}).get("cost_in_usd_ticks")
+            if isinstance(cost, int):
+                error["cost_in_usd_ticks"] = cost
+            return UpstreamStatus("failed", error=error)
+        body = _body(response)
+        if response.status_code == 202 and not body.get("status"):
+            body["status"] = "pending"  # a 202 is pending, with or without a body
+        return _video_status(body)
 
     def cancel(self, kind: str, request_id: str) -> bool:
         """Ask the upstream to stop a video. xAI has no cancel route: unless the client was told the
@@ -180,7 +199,10 @@ class XaiClient:
         import httpx
 
         written = 0
-        with httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r:
+        with (
+            timed("download"),
+            httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r,
+        ):
             if r.status_code != 200:
                 raise XaiUnavailable(f"download of the result answered {r.status_code}")
             for chunk in r.iter_bytes(1 << 20):
@@ -205,6 +227,22 @@ class XaiClient:
             return UpstreamStatus("done", progress=100, result=body["result"])
         return UpstreamStatus(state, error=_error(body) if state in ("failed", "expired") else None)
 
+    def _send(self, method: str, path: str, kwargs: dict, operation: str) -> "httpx.Response":
+        """One HTTP request, counted in XaiCalls and XaiLatency by operation and outcome."""
+        import httpx
+
+        with timed(operation) as outcome:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException:
+                outcome[0] = "timeout"
+                raise
+            except httpx.TransportError:
+                outcome[0] = "connection_error"
+                raise
+            outcome[0] = _outcome(response)
+            return response
+
     def _request(
         self,
         method: str,
@@ -214,6 +252,7 @@ class XaiClient:
         timeout: float | None = None,
         missing_ok: bool = False,
         create: bool = False,
+        moderation_ok: bool = False,
     ) -> "httpx.Response":
         """One call, retried as xAI's official SDK retries: a 429 is raised for the caller to wait
         out; 5xx answers, timeouts and broken connections are retried, except for a ``create``, which
@@ -221,14 +260,19 @@ class XaiClient:
         import httpx  # for its exception classes (already loaded: __init__ imported it)
 
         last_problem = ""
+        operation = _operation(method, path, create)
         for attempt in range(self.max_attempts):
             if attempt:
+                logger.warning(
+                    "xAI call retried",
+                    extra={"operation": operation, "attempt": attempt + 1, "problem": last_problem},
+                )
                 time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt)))
             try:
                 kwargs = {"json": json} if json is not None else {}
                 if timeout is not None:
                     kwargs["timeout"] = timeout
-                response = self._http.request(method, path, **kwargs)
+                response = self._send(method, path, kwargs, operation)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 last_problem = f"{method} {path} could not connect: {type(exc).__name__}"  # nothing sent
                 continue
@@ -259,11 +303,52 @@ class XaiClient:
                 continue
             if response.status_code == 404 and missing_ok:
                 return response
+            if response.status_code == 400 and moderation_ok and _is_moderation(response):
+                return response
             if response.status_code >= 400:
                 message, code = _rejection(response)
                 raise XaiRejected(response.status_code, message, code)
             return response
         raise XaiUnavailable(f"{last_problem} ({self.max_attempts} attempts)")
+
+
+def _operation(method: str, path: str, create: bool) -> str:
+    """What a call does, as the XaiCalls metric names it."""
+    if create:
+        return "submit"
+    if path == "/chat/completions":
+        return "chat"
+    if path.endswith("/cancel"):
+        return "cancel"
+    return "status" if method == "GET" else "other"
+
+
+def _outcome(response: "httpx.Response") -> str:
+    if _account_blocked(response):
+        return "account_blocked"
+    if response.status_code == 429:
+        return "rate_limited"
+    if response.status_code >= 500:
+        return "server_error"
+    if response.status_code >= 400:
+        return "rejected"
+    return "ok"
+
+
+def _body(response: "httpx.Response") -> dict:
+    """The JSON object in an answer, or {} when it has none (xAI's 202s are often empty)."""
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _is_moderation(response: "httpx.Response") -> bool:
+    message, _ = _rejection(response)
+    return "moderation" in message.lower()
 
 
 def _video_status(body: dict) -> UpstreamStatus:
@@ -278,7 +363,15 @@ def _video_status(body: dict) -> UpstreamStatus:
                 "failed", error={"code": "moderated", "message": "xAI returned no video (moderation)"}
             )
         return UpstreamStatus("done", progress=100, video_url=url)
-    if state in ("failed", "expired"):
+    if state == "expired":
+        return UpstreamStatus(
+            "expired",
+            error={
+                "code": "expired",
+                "message": "xAI reports the request expired: it ran, but its result is no longer available",
+            },
+        )
+    if state == "failed":
         return UpstreamStatus(state, progress=progress, error=_error(body))
     return UpstreamStatus("pending", progress=progress if isinstance(progress, int) else None)
 
