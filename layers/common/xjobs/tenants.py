@@ -12,6 +12,9 @@ Items (one table, key `id`; index `by-tenant` on `tenant`, `id`):
     tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value}
     key#<sha256 hex>    {tenant, kind: "key", prefix, name, created, usage_key_value, revoked_at?}
 
+Settings that belong to a tenant (a webhook signing secret, say) go on its `tenant#` item, read by
+`get_tenant`; the API function knows the tenant from `requestContext.authorizer.tenant`.
+
 `usage_key_*` name the tenant's API Gateway API key: never handed to callers, it is what the
 authorizer returns as `usageIdentifierKey` so API Gateway meters the tenant against its usage plan.
 """
