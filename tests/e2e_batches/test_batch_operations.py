@@ -100,7 +100,7 @@ def test_the_schedule_finds_a_batch_whose_ingest_stopped_without_a_trace(batches
     table.put_item(
         Item={
             "id": batch_id,
-            "tenant": stack.info()["api_key_id"],
+            "tenant": stack.tenant,
             "endpoint": "/v1/chat/completions",
             "input_key": key,
             "input_file_id": None,

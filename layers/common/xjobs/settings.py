@@ -42,6 +42,7 @@ class Settings(BaseModel):
     tenants_table: str = Field(alias="TENANTS_TABLE", default="")
     files_table: str = Field(alias="FILES_TABLE", default="")
     max_upload_bytes: int = Field(alias="MAX_UPLOAD_BYTES", default=200 * 1024 * 1024, ge=1)
+    file_retention_days: int = Field(alias="FILE_RETENTION_DAYS", default=7, ge=1)
 
 
 class ConfigurationError(RuntimeError):
