@@ -42,6 +42,28 @@ def test_bad_body_is_a_400_naming_the_problem(api, path, body, names):
     assert names in reply.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://[fd00::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://167772161/hook",  # 10.0.0.1 as one number
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://intranet/hook",
+    ],
+)
+def test_a_webhook_url_that_could_reach_inside_is_a_400_naming_webhook_url(api, url):
+    # Refused from the URL alone: the addresses are read, never connected to (nor looked up).
+    reply = api.post("/v1/videos/generations", json={**VIDEO, "webhook_url": url})
+
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert "'webhook_url'" in message
+    assert "public addresses only" in message or "internal host" in message
+
+
 def test_bad_body_creates_no_job(new_tenant):
     client = new_tenant()
     client.post("/v1/videos/generations", json={"duration": 5})
