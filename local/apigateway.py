@@ -106,6 +106,14 @@ class ApiGateway:
             )
             return not bucket.take()
 
+    def _route_throttled(self, route) -> bool:
+        """The stage's MethodSettings throttle: one bucket for the route, whoever calls."""
+        with self._lock:
+            bucket = self._buckets.setdefault(
+                f"route {route.method} {route.path}", _TokenBucket(*route.throttle)
+            )
+            return not bucket.take()
+
     def handle(self, method: str, raw_path: str, headers, body: bytes) -> tuple[int, dict, bytes]:
         url = urlsplit(raw_path)
         path = url.path
@@ -122,6 +130,8 @@ class ApiGateway:
         if route.api_key_required and key_id is None:
             return _message(403, "Forbidden")
         if key_id and self._throttled(key_id):
+            return _message(429, "Too Many Requests")
+        if route.throttle and self._route_throttled(route):
             return _message(429, "Too Many Requests")
         event = self._event(
             method, path, url.query, route.path, found.groupdict(), headers, body, key_value, key_id

@@ -119,3 +119,12 @@ def test_bad_list_parameters_are_400(api, params, names):
     reply = api.get("/v1/jobs", params=params)
     assert reply.status_code == 400
     assert names in reply.json()["error"]["message"]
+
+
+def test_without_callback_base_url_there_is_no_callback_route(stack):
+    # The template's condition leaves out the route, its function and its secret.
+    reply = httpx.post(f"{stack.api_url}/v1/callbacks/xai/job_01ANY", params={"token": "x"})
+
+    assert reply.status_code == 403 and reply.json() == {"message": "Missing Authentication Token"}
+    assert "CallbackFunction" not in stack.resources.functions
+    assert "CallbackSigningSecret" not in stack.resources.physical

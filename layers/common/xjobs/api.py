@@ -7,10 +7,8 @@ from aws_lambda_powertools.event_handler.router import Router
 from . import batches, jobs
 from .loop import wake
 from .models import BadRequest, parse_job_request
-from .notify import check_callback_token
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
-from .upstream import secret
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
@@ -22,6 +20,10 @@ MAX_PAGE = 100
 
 class Forbidden(PermissionError):
     pass
+
+
+class TooManyCallbacks(RuntimeError):
+    """A job's callbacks came faster, or more often, than a job's callbacks may."""
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -109,19 +111,6 @@ def cancel_job(job_id: str):
     return job_view(job)
 
 
-@router.post("/v1/callbacks/xai/<job_id>")
-def upstream_callback(job_id: str):
-    """The upstream says a job changed. Only a hint: the loop polls xAI for the truth at once."""
-    token = (router.current_event.query_string_parameters or {}).get("token", "")
-    settings = get_settings()
-    if not token or not check_callback_token(secret(settings.webhook_signing_secret), job_id, token):
-        raise jobs.JobNotFound(job_id)
-    job = _store().note_news(job_id)
-    if job:
-        wake(job.get("wake_token"))
-    return Response(202, "application/json", {"id": job_id, "accepted": True})
-
-
 def register_error_handlers(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(BadRequest)
     def bad_request(exc: BadRequest):
@@ -150,6 +139,10 @@ def register_error_handlers(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestInProgress)
     def in_progress(exc: RequestInProgress):
         return _error(409, "request_in_progress", "a request with this Idempotency-Key is still in progress")
+
+    @app.exception_handler(TooManyCallbacks)
+    def too_many_callbacks(exc: TooManyCallbacks):
+        return _error(429, "too_many_callbacks", str(exc))
 
     @app.not_found
     def no_route(exc):

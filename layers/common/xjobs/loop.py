@@ -29,6 +29,7 @@ logger = Logger(child=True)
 MAX_POLLS = 600
 MAX_FAULTS = 250  # statemachine/deferred_job.asl.json, "Fault budget?"
 WAIT_GROWTH = 1.5
+CALLBACK_GRACE_SECONDS = 3600  # a callback URL works until an hour past the job's deadline
 MAX_GROWTH_STEPS = 64  # WAIT_GROWTH ** n overflows a float past n = 1,750: the cap is reached long before
 WEBHOOK_FLAG = "webhook_delivered_at"
 
@@ -194,7 +195,10 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         return result(False, wait)
     if settings.callback_base_url:
         body["callback_url"] = callback_url(
-            settings.callback_base_url, job["id"], secret(settings.webhook_signing_secret)
+            settings.callback_base_url,
+            job["id"],
+            secret(settings.callback_signing_secret),
+            expires=int(job["deadline"]) + CALLBACK_GRACE_SECONDS,
         )
     try:
         request_id = client.submit(job["kind"], body)
