@@ -255,6 +255,8 @@ class Provisioner:
     # ---- intrinsic functions -----------------------------------------------------------------
     def resolve(self, value: Any) -> Any:
         value = self.select(value)
+        if value is _NO_VALUE:
+            return None
         if isinstance(value, list):
             return [self.resolve(v) for v in value]
         if not isinstance(value, dict):
@@ -467,7 +469,7 @@ class Provisioner:
             {},
         )
         throttles = {}
-        for setting in self.resolve(stage_props.get("MethodSettings", [])):
+        for setting in self.resolve(stage_props.get("MethodSettings")) or []:
             if "ThrottlingRateLimit" in setting:
                 # "/" + the resource path with each "/" written "~1"
                 path = setting["ResourcePath"][1:].replace("~1", "/")
