@@ -113,7 +113,9 @@ def run_ours(
         parameters=parameters, simulator=SIMULATOR, upstream_callbacks=upstream_callbacks
     ).start()
     try:
-        api = httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=60)
+        api = httpx.Client(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=60
+        )
 
         def submit(_) -> tuple[str, float]:
             reply = api.post("/v1/videos/generations", json=VIDEO)

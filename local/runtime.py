@@ -16,6 +16,12 @@ per-thread, i.e. per environment (see _isolate_powertools_router_state).
 
 moto's Lambda invoke is routed here, so Step Functions (synchronous) and S3 or SNS (asynchronous, as in
 AWS) in the emulator call the real handlers.
+
+Credentials. Each function calls AWS as its execution role (see local/iam.py): every botocore client of
+this process resolves its credentials when it signs, from the thread that signs. An environment's thread,
+and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials),
+moto's Step Functions interpreter invokes a state machine's Lambda tasks with the state machine's role,
+and any other thread signs with the process's own (the environment's AWS_ACCESS_KEY_ID: the operator's).
 """
 
 import importlib.util
@@ -28,7 +34,11 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import botocore.session
+from botocore.credentials import Credentials, ReadOnlyCredentials
 
 from .cloudformation import ROOT, FunctionSpec, TemplateError
 
@@ -111,6 +121,7 @@ class _Environment:
         self._requests.put(None)
 
     def _serve(self) -> None:
+        _identity.principal = self.spec.logical_id
         while (invocation := self._requests.get()) is not None:
             if self.handler is None:
                 try:
@@ -366,6 +377,17 @@ class LambdaRuntime:
         for pool in self._pools.values():
             pool.retire_all()
 
+    def use_role_credentials(
+        self, credentials: dict[str, ReadOnlyCredentials], state_machines: dict[str, str]
+    ) -> None:
+        """Function or state machine logical id -> the credentials it signs with (its role's, from STS);
+        state_machines: state machine ARN -> logical id."""
+        _role_credentials.clear()
+        _role_credentials.update(credentials)
+        _state_machines.clear()
+        _state_machines.update(state_machines)
+        _sign_as_the_running_principal()
+
     def patch_moto(self) -> None:
         """Route moto's Lambda invocations to the in-process handlers: Invoke (Step Functions, boto3) runs
         synchronously unless its InvocationType is Event; S3 and SNS notifications run asynchronously."""
@@ -422,6 +444,82 @@ def _serialized(event: dict, limit: int) -> str:
             "RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes for the operation"
         )
     return text
+
+
+_identity = threading.local()  # .principal: logical id of the function or state machine the thread works for
+_role_credentials: dict[str, ReadOnlyCredentials] = {}
+_state_machines: dict[str, str] = {}  # ARN -> logical id
+
+
+def current_principal() -> str | None:
+    return getattr(_identity, "principal", None)
+
+
+def _as_principal(principal: str | None, fn, *args, **kwargs):
+    before = current_principal()
+    _identity.principal = principal
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _identity.principal = before
+
+
+class _RunningPrincipalCredentials(Credentials):
+    """Credentials looked up at signing time: the role's of the function (or state machine) the signing
+    thread works for, else the process's own from the environment."""
+
+    def __init__(self):
+        self.method = "xjobs-local-runtime"
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        principal = current_principal()
+        if principal in _role_credentials:
+            return _role_credentials[principal]
+        environ = os.environ
+        return ReadOnlyCredentials(
+            environ.get("AWS_ACCESS_KEY_ID"),
+            environ.get("AWS_SECRET_ACCESS_KEY"),
+            environ.get("AWS_SESSION_TOKEN"),
+        )
+
+    access_key = property(lambda self: self.get_frozen_credentials().access_key)
+    secret_key = property(lambda self: self.get_frozen_credentials().secret_key)
+    token = property(lambda self: self.get_frozen_credentials().token)
+
+
+def _sign_as_the_running_principal() -> None:
+    """Every botocore session of the process hands out _RunningPrincipalCredentials (clients given
+    explicit keys keep them); work a function submits to a thread pool keeps the function's identity; a
+    state machine's Lambda tasks run as the state machine."""
+    if getattr(botocore.session.Session.get_credentials, "_xjobs", False):
+        return
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    credentials = _RunningPrincipalCredentials()
+
+    def get_credentials(self):
+        return credentials
+
+    get_credentials._xjobs = True
+    botocore.session.Session.get_credentials = get_credentials
+
+    submit = ThreadPoolExecutor.submit
+
+    def submit_as_principal(self, fn, /, *args, **kwargs):
+        principal = current_principal()
+        if principal is None:
+            return submit(self, fn, *args, **kwargs)
+        return submit(self, _as_principal, principal, fn, *args, **kwargs)
+
+    ThreadPoolExecutor.submit = submit_as_principal
+
+    invoke = lambda_eval_utils.execute_lambda_function_integration
+
+    def invoke_as_state_machine(env, *args, **kwargs):
+        arn = env.states.context_object.context_object_data["StateMachine"]["Id"]
+        return _as_principal(_state_machines.get(arn), invoke, env, *args, **kwargs)
+
+    lambda_eval_utils.execute_lambda_function_integration = invoke_as_state_machine
 
 
 _router_state = threading.local()

@@ -2,13 +2,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.logging import correlation_paths
 
-from xjobs import batch_api
+from xjobs import batch_api, file_api
 from xjobs.api import register_error_handlers, router
 
 logger = Logger()
 app = APIGatewayRestResolver()
 app.include_router(router)
 app.include_router(batch_api.router)
+app.include_router(file_api.router)
 register_error_handlers(app)
 
 

@@ -132,6 +132,40 @@ def test_custom_id_of_finds_the_id_of_a_line_that_fails_validation():
     assert custom_id_of(b"\xff\xfe") is None
 
 
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested 100000 levels deep", id="nested-100000"),
+        pytest.param(
+            b'{"custom_id": "deep", "method": "POST", "url": "/v1/chat/completions", "body": '
+            + b'{"a":' * 20_000
+            + b"1"
+            + b"}" * 20_001,
+            "levels deep",
+            id="nested-body",
+        ),
+        pytest.param(raw({**LINE, "custom_id": "a\ud800b"}), "lone surrogate", id="surrogate-character"),
+        pytest.param(raw(LINE).replace(b"req-1", b"req-\\udc00"), "lone surrogate", id="surrogate-escape"),
+        pytest.param(raw(with_body(temperature=1)).replace(b": 1}", b": NaN}"), "NaN", id="nan"),
+        pytest.param(
+            raw(with_body(max_tokens=1)).replace(b": 1}", b": " + b"9" * 5000 + b"}"), "4300", id="int"
+        ),
+    ],
+)
+def test_a_hostile_line_is_a_bad_line_never_an_exception(line, named):
+    bad = refusal(line)
+
+    assert bad.code == "invalid_json"
+    assert named in bad.message
+    assert custom_id_of(line) is None, "nothing that cannot be stored goes into the error line"
+
+
+def test_the_token_estimate_of_an_absurd_max_tokens_fits_a_dynamodb_number():
+    tokens = estimated_tokens({**BODY, "max_tokens": 10**60})
+
+    assert tokens < 10**38
+
+
 def test_the_token_estimate_counts_the_prompt_and_the_completion_maximum():
     prompt = {"messages": [{"role": "user", "content": "x" * 398}]}  # json.dumps adds two quotes: 400 chars
 

@@ -172,3 +172,36 @@ def test_upstream_body_of_a_chat_keeps_deferred_and_extra_message_fields():
     body = upstream_body(parse_job_request(DEFERRED_CHAT, raw))
 
     assert body == {"model": "grok-4", "messages": [message], "deferred": True, "temperature": 0.2}
+
+
+# -- hostile bodies: each a 400 naming the problem, never an exception that is a 5xx ----------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        pytest.param("[" * 100_000 + "]" * 100_000, "nested 100000 levels deep", id="nested-arrays"),
+        pytest.param('{"a":' * 5_000 + "1" + "}" * 5_000, "nested 5000 levels deep", id="nested-objects"),
+        pytest.param('{"prompt": "a cat", "x": ' + "[" * 65 + "]" * 65 + "}", "66 levels", id="just-over"),
+        pytest.param('{"prompt": "' + "[" * 100_000 + '"}', "field 'prompt'", id="brackets-in-a-string"),
+        pytest.param('{"prompt": "a cat", "duration": ' + "7" * 5_000 + "}", "4300 digits", id="long-int"),
+        pytest.param('{"prompt": "a cat", "duration": NaN}', "NaN", id="nan"),
+        pytest.param('{"prompt": "a cat", "duration": 1e999}', "too large", id="infinite"),
+        pytest.param('{"prompt": "a cat \\ud800"}', "lone surrogate", id="lone-surrogate-escape"),
+        pytest.param('{"prompt": "a cat \ud800"}', "lone surrogate", id="lone-surrogate-character"),
+    ],
+)
+def test_hostile_json_is_refused_naming_what_is_wrong(raw, names):
+    message = refusal(VIDEO_GENERATION, raw)
+
+    assert names in message
+
+
+def test_json_nested_to_the_limit_and_a_surrogate_pair_are_accepted():
+    nested = json.loads("[" * 61 + "]" * 61)  # with the body, "tools" and its object: 64 levels
+
+    deep = parse_job_request(DEFERRED_CHAT, json.dumps({**CHAT, "tools": [{"a": nested}]}))
+    emoji = parse_job_request(VIDEO_GENERATION, '{"prompt": "a cat \\ud83d\\ude00"}')
+
+    assert deep.tools[0]["a"] == nested
+    assert emoji.prompt == "a cat \U0001f600"

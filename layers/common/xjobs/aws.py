@@ -41,7 +41,13 @@ def _config():
 def client(service: str):
     import boto3
 
-    return boto3.session.Session().client(service, config=_config())
+    config = _config()
+    if service == "s3":
+        from botocore.config import Config
+
+        # botocore presigns S3 URLs with SigV2 by default, which buckets created since 2020 refuse.
+        config = config.merge(Config(signature_version="s3v4"))
+    return boto3.session.Session().client(service, config=config)
 
 
 @cache

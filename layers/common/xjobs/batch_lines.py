@@ -11,11 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .models import ChatMessage, describe_validation_error
+from .models import ChatMessage, InvalidJson, describe_validation_error, load_json
 
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 MAX_CUSTOM_ID_CHARS = 64
 DEFAULT_COMPLETION_TOKENS = 64  # what xAI's limiter charges a request without max_tokens (simulator: same)
+MAX_CHARGED_COMPLETION_TOKENS = 10_000_000
 
 
 class BadLine(ValueError):
@@ -60,10 +61,11 @@ class BatchLine(BaseModel):
 
 
 def parse_line(raw: bytes) -> tuple[str, dict]:
-    """(custom_id, body) of a valid line; raises BadLine saying what is wrong."""
+    """(custom_id, body) of a valid line; raises BadLine saying what is wrong, whatever is wrong: no
+    line, however hostile, raises anything else."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = load_json(raw)
+    except InvalidJson as exc:
         raise BadLine("invalid_json", f"the line is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadLine("invalid_json", "the line must be a JSON object")
@@ -71,18 +73,20 @@ def parse_line(raw: bytes) -> tuple[str, dict]:
         line = BatchLine.model_validate(data)
     except ValidationError as exc:
         raise BadLine("invalid_request", describe_validation_error(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - one line's failure is that line's error, never the batch's
+        raise BadLine("invalid_request", f"the line could not be validated ({type(exc).__name__})") from None
     if (line.body.n or 1) > 1 and _has_files(line.body.messages):
         raise BadLine("invalid_request", "field 'body.n': must be 1 when messages carry file attachments")
     return line.custom_id, data["body"]
 
 
 def custom_id_of(raw: bytes) -> str | None:
-    """The custom_id of a line if it has one (for lines that fail validation)."""
+    """The custom_id of a line if it has one that can be stored (for lines that fail validation)."""
     try:
-        value = json.loads(raw).get("custom_id")
-    except (ValueError, AttributeError):
+        value = load_json(raw).get("custom_id")
+    except (InvalidJson, AttributeError):
         return None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and len(value) <= 4 * MAX_CUSTOM_ID_CHARS else None
 
 
 def _has_files(messages: list[ChatMessage]) -> bool:
@@ -97,7 +101,8 @@ def estimated_tokens(body: dict) -> int:
     maximum; the limiter reserves this before the request goes."""
     chars = sum(len(json.dumps(m.get("content", ""))) for m in body.get("messages", []))
     completion = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_COMPLETION_TOKENS
-    return chars // 4 + 1 + int(completion)
+    # A limiter count is a DynamoDB number (38 digits): an absurd max_tokens is charged as this much.
+    return chars // 4 + 1 + min(int(completion), MAX_CHARGED_COMPLETION_TOKENS)
 
 
 def result_line(request_id: str, custom_id: str, status_code: int, body: Any, upstream_id: str | None) -> str:

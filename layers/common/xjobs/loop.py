@@ -14,9 +14,18 @@ from .durations import Durations, next_poll_in, profile
 from .limiter import RateLimiter
 from .notify import callback_url
 from .settings import get_settings
-from .upstream import chat_limiter, learn_limits, secret, xai_client
+from .upstream import account, chat_limiter, rate_limited, secret, xai_client
 from .views import job_view, result_key, video_key
-from .xai import DEFERRED_CHAT, XaiError, XaiRateLimited, XaiRejected
+from .xai import (
+    DEFERRED_CHAT,
+    XaiAccountBlocked,
+    XaiError,
+    XaiRateLimited,
+    XaiRejected,
+    XaiSubmitUnknown,
+    XaiUnavailable,
+    rate_limit_backoff,
+)
 
 logger = Logger(child=True)
 
@@ -32,6 +41,12 @@ WAIT_GROWTH = 1.5
 CALLBACK_GRACE_SECONDS = 3600  # a callback URL works until an hour past the job's deadline
 MAX_GROWTH_STEPS = 64  # WAIT_GROWTH ** n overflows a float past n = 1,750: the cap is reached long before
 WEBHOOK_FLAG = "webhook_delivered_at"
+# Set before a submit is sent: a later Poll that finds it without a request id knows a submit may
+# have reached xAI, and never sends a second (xAI has no idempotency key: it would be paid twice).
+SUBMIT_FLAG = "submit_sent_at"
+# How long an earlier attempt's submit may still be in flight: past Poll's 60-s Lambda timeout.
+SUBMIT_GRACE_SECONDS = 65
+SUBMIT_UNKNOWN = "submit_outcome_unknown"
 
 
 def next_wait(
@@ -154,6 +169,10 @@ def _poll(job_id: str, polls: int, faults: int) -> dict:
         return result(True)
 
     client = xai_client()
+    # While the xAI account is out of credits, the job waits; one call per probe interval tries.
+    blocked = account().blocked()
+    if blocked is not None and not account().may_probe():
+        return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     if not job.get("xai_request_id"):
         return _submit(store, job, client, settings, result)
     # Status reads count against the account's limit like chat work: they share its limiter.
@@ -163,13 +182,16 @@ def _poll(job_id: str, polls: int, faults: int) -> dict:
         return result(False, wait, soon=news_pending)
     try:
         status = client.status(job["kind"], job["xai_request_id"])
+    except XaiAccountBlocked as exc:
+        account().block(exc.status_code, exc.message)
+        return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     except XaiRateLimited as exc:
-        learn_limits(exc.limits)
-        limiter.block(exc.retry_after)
-        return result(False, exc.retry_after)
+        return result(False, max(rate_limited(exc, limiter), rate_limit_backoff(1)))
     except XaiRejected as exc:
         store.advance(job_id, jobs.FAILED, error={"code": exc.code, "message": exc.message})
         return result(True)
+    if blocked is not None:
+        account().resume()
     if status.state == "pending":
         store.record_poll(job_id, status.progress)
         return result(False, submitted=True)
@@ -184,9 +206,17 @@ def _poll(job_id: str, polls: int, faults: int) -> dict:
 
 
 def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
+    """Send the job to xAI, at most once: a create that may have been accepted is never sent again
+    (the official xAI SDK's rule). A 429, a refusal, a blocked account or a connection never made
+    are known outcomes; a timeout, a broken connection or a 5xx after sending is not — the job then
+    fails ``submit_outcome_unknown`` rather than risk paying twice."""
+    if job.get(SUBMIT_FLAG):
+        return _submit_sent_before(store, job, result)
     body = json.loads(job["request"])
+    limiter = None
     if job["kind"] == DEFERRED_CHAT:
-        wait = chat_limiter().try_acquire(tokens=estimated_tokens(body))
+        limiter = chat_limiter()
+        wait = limiter.try_acquire(tokens=estimated_tokens(body))
     else:
         wait = RateLimiter(
             settings.limits_table, "video-submit", settings.video_requests_per_second
@@ -200,13 +230,33 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
             secret(settings.callback_signing_secret),
             expires=int(job["deadline"]) + CALLBACK_GRACE_SECONDS,
         )
+    if not store.claim(job["id"], SUBMIT_FLAG):
+        return _submit_sent_before(store, job, result)
     try:
         request_id = client.submit(job["kind"], body)
+    except XaiSubmitUnknown as exc:
+        error = {
+            "code": SUBMIT_UNKNOWN,
+            "message": f"xAI may have accepted this job's request: {exc}. It was not sent again, so "
+            "it is not paid twice; submit a new job to try again.",
+        }
+        store.advance(job["id"], jobs.FAILED, error=error)
+        return result(True)
+    except XaiAccountBlocked as exc:
+        store.release(job["id"], SUBMIT_FLAG)
+        account().block(exc.status_code, exc.message)
+        return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     except XaiRateLimited as exc:
-        return result(False, exc.retry_after)
+        store.release(job["id"], SUBMIT_FLAG)
+        held = rate_limited(exc, limiter) if limiter else (exc.retry_after if exc.stated else 0.0)
+        return result(False, max(held, rate_limit_backoff(1)))
+    except XaiUnavailable:
+        store.release(job["id"], SUBMIT_FLAG)  # it never reached xAI: the Retry may send it again
+        raise
     except XaiRejected as exc:
         store.advance(job["id"], jobs.FAILED, error={"code": exc.code, "message": exc.message})
         return result(True)
+    account().resume()
     logger.info("submitted to xAI", extra={"job_id": job["id"], "xai_request_id": request_id})
     submitted_at = jobs.now_ms()
     advanced = store.advance(
@@ -220,6 +270,25 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         return _lost_submit_race(store, job, request_id, result)
     job["submitted_at"] = submitted_at
     return result(False, submitted=True)
+
+
+def _submit_sent_before(store: jobs.JobStore, job: dict, result) -> dict:
+    """Another attempt of this Poll sent the submit: wait for its answer while it may still come;
+    past that, its outcome is unknown and the job fails rather than send it twice."""
+    current = store.get(job["id"]) or job
+    if current["status"] != jobs.PENDING or current.get("xai_request_id"):
+        job.update(current)
+        return result(current["status"] in jobs.TERMINAL, submitted=True)
+    sent_ago = time.time() - current.get(SUBMIT_FLAG, time.time())
+    if sent_ago < SUBMIT_GRACE_SECONDS:
+        return result(False, SUBMIT_GRACE_SECONDS - sent_ago)
+    error = {
+        "code": SUBMIT_UNKNOWN,
+        "message": "an earlier attempt sent this job to xAI and ended without its answer; xAI may "
+        "have accepted it. It was not sent again, so it is not paid twice; submit a new job to try again.",
+    }
+    store.advance(job["id"], jobs.FAILED, error=error)
+    return result(True)
 
 
 def _lost_submit_race(store: jobs.JobStore, job: dict, request_id: str, result) -> dict:
