@@ -106,7 +106,7 @@ def test_park_accepts_news_that_poll_saw_and_refuses_news_that_came_after(batch_
     # Poll saw news 2,000 but the limiter was full: parking on the timer Poll set is right, not a spin
     assert loop.park(job_id, "token-1", seen_news=2_000) == {"job_id": job_id, "parked": True}
     # news after what Poll read: the loop must poll again (after its Pause)
-    store.note_news(job_id)
+    store.note_news(job_id, min_interval_ms=1000, most=20)
     with pytest.raises(loop.JobNotActive):
         loop.park(job_id, "token-2", seen_news=2_000)
 
