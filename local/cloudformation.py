@@ -36,6 +36,12 @@ SKIPPED_TYPES = {
     "AWS::ApiGateway::Stage",
     # The bucket's TLS-only policy: the emulator is plain HTTP on loopback, so it would refuse everything.
     "AWS::S3::BucketPolicy",
+    # Alarms and the dashboard read CloudWatch, which the local stack does not feed: the metrics they watch
+    # are counted from the functions' EMF lines instead (LambdaRuntime.metrics). Nothing e-mails locally.
+    "AWS::CloudWatch::Alarm",
+    "AWS::CloudWatch::Dashboard",
+    "AWS::SNS::Subscription",
+    "AWS::ApiGateway::Account",
 }
 
 
@@ -152,6 +158,11 @@ class Provisioned:
     roles: dict[str, list[dict]] = field(default_factory=dict)  # role logical id -> its policy statements
     principal_roles: dict[str, str] = field(default_factory=dict)  # function/state machine -> its role
     secret_arns: dict[str, str] = field(default_factory=dict)  # secret name -> ARN
+    schedules: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # {LogicalId, Arn, ScheduleExpression, Functions}
+    # function logical id -> its EventInvokeConfig: {MaximumRetryAttempts, OnFailure (a destination ARN)}
+    invoke_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of_type(self, cfn_type: str) -> dict[str, str]:
         return {lid: self.physical[lid] for lid, t in self.types.items() if t == cfn_type}
@@ -348,6 +359,8 @@ class Provisioner:
             ("AWS::ApiGateway::UsagePlan", self._usage_plan),
             ("AWS::ApiGateway::UsagePlanKey", self._usage_plan_key),
             ("AWS::Lambda::EventSourceMapping", self._event_source_mapping),
+            ("AWS::Lambda::EventInvokeConfig", self._event_invoke_config),
+            ("AWS::Events::Rule", self._schedule),
         ]
         handled = {kind for kind, _ in order}
         # A queue with a dead-letter queue is created after it (its RedrivePolicy names it).
@@ -636,6 +649,40 @@ class Provisioner:
     def _event_source_mapping(self, lid: str, props: dict) -> None:
         # Not created in moto: its SQS mapping runs inside SendMessage. local/event_sources.py polls instead.
         self.out.event_source_mappings.append({"LogicalId": lid, **self.resolve(props)})
+
+    def _event_invoke_config(self, lid: str, props: dict) -> None:
+        """Recorded for the local runtime, which retries and delivers asynchronous invocations itself."""
+        props = self.resolve(props)
+        destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        self.out.invoke_configs[_function_of(self, props["FunctionName"])] = {
+            "MaximumRetryAttempts": int(props.get("MaximumRetryAttempts", 2)),
+            "OnFailure": destination,
+        }
+
+    def _schedule(self, lid: str, props: dict) -> None:
+        """A scheduled EventBridge rule: local/event_sources.py fires its Lambda targets on its rate."""
+        props = self.resolve(props)
+        if "ScheduleExpression" not in props:
+            raise TemplateError(f"{lid}: the local stack runs only scheduled EventBridge rules")
+        if str(props.get("State", "ENABLED")).upper() != "ENABLED":
+            return
+        self.out.schedules.append(
+            {
+                "LogicalId": lid,
+                "Arn": f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{self.out.physical[lid]}",
+                "ScheduleExpression": props["ScheduleExpression"],
+                "Functions": [_function_of(self, target["Arn"]) for target in props.get("Targets", [])],
+            }
+        )
+
+
+def _function_of(provisioner: "Provisioner", arn_or_name: str) -> str:
+    """The logical id of a function of the stack, from its ARN or name."""
+    name = str(arn_or_name).split(":function:")[-1].split(":")[0]
+    for lid, spec in provisioner.out.functions.items():
+        if spec.name == name:
+            return lid
+    raise TemplateError(f"no function of the stack is named {arn_or_name}")
 
 
 def _lifecycle_rule(rule: dict) -> dict:

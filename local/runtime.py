@@ -17,6 +17,15 @@ per-thread, i.e. per environment (see _isolate_powertools_router_state).
 moto's Lambda invoke is routed here, so Step Functions (synchronous) and S3 or SNS (asynchronous, as in
 AWS) in the emulator call the real handlers.
 
+Asynchronous invocations are retried as the function's EventInvokeConfig says (MaximumRetryAttempts, else
+twice) and, once every attempt failed, delivered to its on-failure destination with the record Lambda
+sends there (``on_failure`` does the delivery; local/event_sources.py provides it).
+
+Metrics. Powertools writes CloudWatch metrics as EMF JSON lines on stdout, which CloudWatch Logs turns into
+metrics on AWS. Here the print of those lines is intercepted: each line is parsed and counted in
+``metrics`` (an EmfMetrics), attributed to the function whose environment printed it, so tests and tools
+read what CloudWatch would have got. The lines are not echoed unless XJOBS_LOCAL_EMF=1.
+
 Credentials. Each function calls AWS as its execution role (see local/iam.py): every botocore client of
 this process resolves its credentials when it signs, from the thread that signs. An environment's thread,
 and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials),
@@ -36,6 +45,7 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import botocore.session
 from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -53,6 +63,88 @@ SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024  # bytes of a synchronous invocation's even
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024  # bytes of an asynchronous invocation's event (1 MB since October 2025)
 
 log = logging.getLogger("xjobs.local.runtime")
+
+
+@dataclass
+class EmfPoint:
+    name: str
+    value: float
+    unit: str
+    dimensions: dict[str, str]  # every dimension value the line carries
+    function: str | None  # the logical id of the function that printed it, when known
+
+
+class EmfMetrics:
+    """The metrics of the EMF lines the functions printed, as CloudWatch would extract them."""
+
+    def __init__(self):
+        self.points: list[EmfPoint] = []
+        self._lock = threading.Lock()
+
+    def add_line(self, text: str, function: str | None) -> bool:
+        """Count an EMF line; False if the text is not one."""
+        try:
+            document = json.loads(text)
+            definitions = document["_aws"]["CloudWatchMetrics"]
+        except (ValueError, TypeError, KeyError):
+            return False
+        points = []
+        for definition in definitions:
+            names = {name for dimension_set in definition.get("Dimensions", []) for name in dimension_set}
+            dimensions = {name: str(document[name]) for name in names if name in document}
+            for metric in definition.get("Metrics", []):
+                values = document.get(metric["Name"])
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, int | float):
+                        points.append(
+                            EmfPoint(
+                                metric["Name"], float(value), metric.get("Unit", ""), dimensions, function
+                            )
+                        )
+        with self._lock:
+            self.points.extend(points)
+        return True
+
+    def matching(self, name: str, function: str | None = None, **dimensions: str) -> list[EmfPoint]:
+        """The data points of ``name`` that carry these dimension values (and came from ``function``)."""
+        with self._lock:
+            points = list(self.points)
+        return [
+            p
+            for p in points
+            if p.name == name
+            and (function is None or p.function == function)
+            and all(p.dimensions.get(k) == str(v) for k, v in dimensions.items())
+        ]
+
+    def sum(self, name: str, function: str | None = None, **dimensions: str) -> float:
+        return sum(p.value for p in self.matching(name, function, **dimensions))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.points.clear()
+
+
+_emf_sink: EmfMetrics | None = None
+_print = print
+
+
+def _capture_emf_print(*args, **kwargs) -> None:
+    """Powertools' print of an EMF line (its metric modules' `print`), parsed and counted locally."""
+    text = " ".join(str(a) for a in args)
+    sink = _emf_sink
+    counted = sink is not None and sink.add_line(text, current_principal())
+    if not counted or os.environ.get("XJOBS_LOCAL_EMF"):
+        _print(*args, **kwargs)
+
+
+def _intercept_emf() -> None:
+    """Shadow the builtin print in the Powertools modules that print EMF lines (idempotent)."""
+    from aws_lambda_powertools.metrics import base
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf import cloudwatch
+
+    for module in (base, cloudwatch):
+        module.print = _capture_emf_print
 
 
 class FunctionError(RuntimeError):
@@ -222,6 +314,13 @@ class LambdaRuntime:
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
         self._faults: dict[str, list[str]] = {}  # logical id -> injected faults, next first (see inject)
         self.async_retry_delays = ASYNC_RETRY_DELAYS
+        self.invoke_configs: dict[str, dict] = {}  # logical id -> {MaximumRetryAttempts, OnFailure}
+        # Delivers a failed asynchronous event's record to an on-failure destination: (ARN, record).
+        self.on_failure = None
+        self.metrics = EmfMetrics()
+        global _emf_sink
+        _emf_sink = self.metrics
+        _intercept_emf()
         self._async_pending = 0
         self._stopping = threading.Event()
         _isolate_powertools_router_state()
@@ -351,25 +450,60 @@ class LambdaRuntime:
             return self._async_pending
 
     def _run_async(self, spec: FunctionSpec, event: dict, request_id: str) -> None:
+        config = self.invoke_configs.get(spec.logical_id, {})
+        retries = list(self.async_retry_delays)[
+            : config.get("MaximumRetryAttempts", len(self.async_retry_delays))
+        ]
+        attempts = 0
         try:
-            retries = list(self.async_retry_delays)
             while not self._stopping.is_set():
                 try:
+                    attempts += 1
                     self.invoke(spec.logical_id, event, request_id=request_id)
                     return
                 except FunctionError as exc:
                     if exc.error_type == "TooManyRequestsException":
+                        attempts -= 1  # a throttled event waits in the queue: not an attempt
                         self._stopping.wait(ASYNC_THROTTLE_BACKOFF)
                         continue
                     if not retries:
-                        log.warning(
-                            "%s: event %s dropped after retries: %s", spec.logical_id, request_id, exc
-                        )
+                        self._failed(spec, event, request_id, exc, attempts, config.get("OnFailure"))
                         return
                     self._stopping.wait(retries.pop(0))
         finally:
             with self._lock:
                 self._async_pending -= 1
+
+    def _failed(
+        self, spec: FunctionSpec, event: dict, request_id: str, exc: FunctionError, attempts: int, destination
+    ) -> None:
+        """Every attempt failed: the on-failure destination gets the record Lambda sends, or it is dropped."""
+        if not destination or self.on_failure is None:
+            log.warning("%s: event %s dropped after retries: %s", spec.logical_id, request_id, exc)
+            return
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "requestContext": {
+                "requestId": request_id,
+                "functionArn": f"{spec.arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "responsePayload": {"errorType": exc.error_type, "errorMessage": exc.message},
+        }
+        try:
+            self.on_failure(destination, record)
+        except Exception:
+            log.exception(
+                "%s: event %s could not reach its on-failure destination", spec.logical_id, request_id
+            )
 
     def stop(self) -> None:
         """Ends pending asynchronous retries and the idle environments' threads."""

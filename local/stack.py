@@ -10,10 +10,12 @@ XAI_API_KEY name a real endpoint, the xAI simulator. Everything it started is de
 
     stack = LocalStack(template=Path("tests/local/fixtures/template.yaml")).start()
     stack.runtime.stats["WorkerFunction"]   # count, errors, throttles, max_concurrency, ...
+    stack.metrics.sum("JobsFinished", Status="completed")   # counted from the functions' EMF lines
     stack.stop()                            # pollers, API, emulator, simulator
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -137,6 +139,10 @@ class LocalStack:
         }
 
         self.runtime = LambdaRuntime(self.resources.functions)
+        self.runtime.invoke_configs = self.resources.invoke_configs
+        self.runtime.on_failure = functools.partial(
+            event_sources.deliver_failure, self.session, self.aws_endpoint, self.runtime
+        )
         self.runtime.install_environment({})
         self.iam = self._enforce_roles()
         self.runtime.patch_moto()
@@ -147,7 +153,9 @@ class LocalStack:
             endpoint_url=self.aws_endpoint,
             config=Config(max_pool_connections=EVENT_SOURCE_CONNECTIONS),
         )
-        self.event_sources = EventSources(self.resources.event_source_mappings, self.runtime, sqs).start()
+        self.event_sources = EventSources(
+            self.resources.event_source_mappings, self.runtime, sqs, self.resources.schedules
+        ).start()
         for lid, api in self.resources.apis.items():
             port = self.api_port if len(self.resources.apis) == 1 else 0
             self.gateways[lid] = ApiGateway(
@@ -192,6 +200,11 @@ class LocalStack:
                 TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
             )
         return url
+
+    @property
+    def metrics(self):
+        """The CloudWatch metrics the functions emitted (EMF lines), counted: see local/runtime.py."""
+        return self.runtime.metrics
 
     def client(self, service: str):
         return self.session.client(service, endpoint_url=self.aws_endpoint)

@@ -17,6 +17,8 @@ PARAMETERS = {
     "PollMaxWaitSeconds": "2",
     "JobTimeoutDefaultSeconds": "120",
     "JobTimeoutMaxSeconds": "600",
+    # The sweeper looks for jobs whose loop ended every 2 s (rate in seconds: the local stack only).
+    "SweeperSchedule": "rate(2 seconds)",
     "AuthCacheSeconds": "1",  # a revoked key is refused within a second
 }
 SIMULATOR = SimulatorConfig(

@@ -18,6 +18,10 @@ PARAMETERS = {
     "BatchMaxAttempts": "3",
     "BatchMaxReceives": "30",
     "ChatRequestsPerMinute": "60000",
+    # The sweeper every 2 s (rate in seconds: the local stack only); one restart before a batch fails.
+    "SweeperSchedule": "rate(2 seconds)",
+    "StalledAfterSeconds": "120",
+    "StalledMaxRestarts": "1",
     "MaxUploadBytes": "300000",  # presigned uploads: small enough for a test to go over it
 }
 SIMULATOR = SimulatorConfig(api_key="sim-batch-key", chat_latency_median=0.02, chat_latency_sigma=0.3)

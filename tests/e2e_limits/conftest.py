@@ -17,7 +17,7 @@ PARAMETERS = {
     "ChatRequestsPerMinute": "1800",
     "AccountProbeSeconds": "1",
     "BatchWorkerTimeoutSeconds": "15",
-    "BatchWorkVisibilitySeconds": "8",
+    "BatchWorkVisibilitySeconds": "90",
     "BatchWorkerConcurrency": "4",
     "BatchMaxReceives": "3",
     "PollMinWaitSeconds": "1",

@@ -267,7 +267,7 @@ def test_an_output_larger_than_a_part_is_uploaded_in_parts_in_order(
                 "expires_at": 0,
             }
         )
-    assert store.record(stored) == 12
+    assert len(store.record(stored)) == 12
 
     finished = batch_finalize.finalize(batch_id)
 

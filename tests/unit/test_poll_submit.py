@@ -159,3 +159,39 @@ def test_a_submit_sent_by_an_attempt_that_died_fails_the_job_once_its_answer_can
     job = store.get(pending_video)
     assert (job["status"], job["error"]["code"]) == (jobs.FAILED, loop.SUBMIT_UNKNOWN)
     assert submits(sim) == []
+
+
+@pytest.mark.parametrize("status", [429, 403])
+def test_a_job_waits_while_the_account_is_out_of_credits_and_goes_on_when_they_return(
+    batch_settings, sim, pending_video, monkeypatch, notifications, status
+):
+    from xjobs import upstream
+
+    monkeypatch.setenv("ACCOUNT_PROBE_SECONDS", "5")
+    monkeypatch.setenv("VIDEO_REQUESTS_PER_SECOND", "10")
+    get_settings.cache_clear()
+    notifications.read()
+    sim.update(credits_exhausted=True, credits_exhausted_status=status)
+
+    # WHEN the submit meets the billing error, the job is not failed: it waits, and may be sent later
+    reply = loop.poll(pending_video, 0)
+    blocked_at = time.time()
+    assert reply["finished"] is False and reply["wait_seconds"] >= 4
+    job = jobs.JobStore(batch_settings.jobs_table).get(pending_video)
+    assert job["status"] == jobs.PENDING and loop.SUBMIT_FLAG not in job
+    assert upstream.account().blocked(fresh=True).status_code == status
+    assert [n["attributes"]["event"] for n in notifications.read()] == ["account.blocked"]
+
+    # WHILE it lasts, a poll within the probe interval does not call xAI at all
+    calls = len(sim.calls)
+    assert loop.poll(pending_video, 1)["finished"] is False
+    assert len(sim.calls) == calls
+
+    # WHEN credits return, the next probe submits the job and lifts the block
+    sim.update(credits_exhausted=False)
+    time.sleep(max(0.0, blocked_at + 5.1 - time.time()))
+    assert loop.poll(pending_video, 2)["finished"] is False
+    job = jobs.JobStore(batch_settings.jobs_table).get(pending_video)
+    assert job["status"] == jobs.PROCESSING and job["xai_request_id"] == submits(sim)[-1]
+    assert upstream.account().blocked(fresh=True) is None
+    assert [n["attributes"]["event"] for n in notifications.read()] == ["account.resumed"]

@@ -15,6 +15,7 @@ from xjobs.xai import (
     XaiClient,
     XaiRateLimited,
     XaiRejected,
+    XaiSubmitUnknown,
     XaiUnavailable,
 )
 
@@ -123,6 +124,7 @@ def test_flat_error_bodies_give_the_grpc_status_name_and_xais_text(sim, xai):
     assert caught.value.message == "Model grok-4 does not support parameter presencePenalty."
 
 
+@pytest.mark.sends_invalid_requests
 def test_a_plain_text_422_keeps_its_text(sim, xai):
     with pytest.raises(XaiRejected) as caught:
         xai.submit(VIDEO_GENERATION, {"model": "grok-imagine-video"})
@@ -300,14 +302,24 @@ def test_429_with_an_endless_wait_gives_a_finite_one(http_peer, make_client, hea
 
 
 @pytest.mark.parametrize("fault", [500, 503, "reset"])
-def test_one_server_fault_then_success_is_retried_and_succeeds(sim, xai, fault):
+def test_one_server_fault_then_success_is_retried_and_succeeds_on_a_read(sim, xai, fault):
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+    sim.inject(f"/v1/videos/{request_id}", fault)
+
+    status = xai.status(VIDEO_GENERATION, request_id)
+
+    assert status.state == "pending"
+    assert sim.count(f"/v1/videos/{request_id}") == 2
+
+
+@pytest.mark.parametrize("fault", [500, 503, "reset"])
+def test_a_server_fault_after_a_submit_was_sent_is_not_retried(sim, xai, fault):
     sim.inject("/v1/videos/generations", fault)
 
-    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+    with pytest.raises(XaiSubmitUnknown):
+        xai.submit(VIDEO_GENERATION, VIDEO)
 
-    assert sim.finish_at(request_id) is not None
-    assert sim.count("/v1/videos/generations") == 2
-    assert sim.count("/v1/videos/generations", status=200) == 1
+    assert sim.count("/v1/videos/generations") == 1, "xAI may have it: a second submit could pay twice"
 
 
 def test_persistent_503_raises_unavailable_after_max_attempts(sim, make_client):
@@ -325,12 +337,12 @@ def test_persistent_503_raises_unavailable_after_max_attempts(sim, make_client):
 def test_a_hang_longer_than_the_timeout_raises_unavailable(make_client, api_key):
     config = SimulatorConfig(api_key=api_key, hang_seconds=2.0)
     with XaiSimulator(config) as hanging:
-        hanging.inject("/v1/videos/generations", "hang", "hang")
+        hanging.inject("/v1/videos/", "hang", "hang")
         client = make_client(hanging.base_url, timeout=0.5, max_attempts=2)
         started = time.monotonic()
 
         with pytest.raises(XaiUnavailable) as caught:
-            client.submit(VIDEO_GENERATION, VIDEO)
+            client.status(VIDEO_GENERATION, "some-id")
 
         elapsed = time.monotonic() - started
     assert "timed out" in str(caught.value)
@@ -358,6 +370,7 @@ def test_accepted_submit_without_a_request_id_raises_unavailable(http_peer, make
 # -- 4xx -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sends_invalid_requests
 def test_400_raises_rejected_with_the_simulators_message_and_code(sim, xai):
     with pytest.raises(XaiRejected) as caught:
         xai.submit(VIDEO_GENERATION, {**VIDEO, "duration": 99})
@@ -407,9 +420,13 @@ def test_the_api_key_never_appears_in_exception_messages(sim, make_client, api_k
     with pytest.raises(XaiRateLimited) as limited:
         client.submit(VIDEO_GENERATION, VIDEO)
     leaks.append(_error_text(limited.value))
-    sim.inject("/v1/videos/generations", 503, 503)
-    with pytest.raises(XaiUnavailable) as unavailable:
+    sim.inject("/v1/videos/generations", 503)
+    with pytest.raises(XaiSubmitUnknown) as unknown:
         client.submit(VIDEO_GENERATION, VIDEO)
+    leaks.append(_error_text(unknown.value))
+    sim.inject("/v1/videos/", 503, 503)
+    with pytest.raises(XaiUnavailable) as unavailable:
+        client.status(VIDEO_GENERATION, "some-id")
     leaks.append(_error_text(unavailable.value))
 
     for text in leaks:

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from . import aws, notify
 from .jobs import conditional_failure
+from .observability import account_blocked
 
 ITEM_ID = "xai-account#blocked"
 READ_SECONDS = 1.0  # how stale a container's view of the block may be
@@ -63,6 +64,7 @@ class Account:
 
     def block(self, status_code: int, message: str) -> None:
         """xAI said the account is blocked: record it; the caller that records it first announces it."""
+        account_blocked(f"xAI answered {status_code}: {message[:300]}")  # each refusal, for the alarm
         now = time.time()
         from decimal import Decimal
 

@@ -1,6 +1,5 @@
 """HTTP routes for jobs, and the one place that maps errors to HTTP answers."""
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import Router
 
@@ -8,13 +7,13 @@ from . import batches, jobs
 from .files import FileNotFound
 from .loop import wake
 from .models import BadRequest, parse_job_request
+from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
 from .upstream import account
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
-logger = Logger(child=True)
 router = Router()
 
 MAX_PAGE = 100
@@ -33,6 +32,8 @@ def error(
 ) -> Response:
     """An error in OpenAI's shape, so the openai SDK raises its typed error with our message and code."""
     kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
+    # Every error answer of the API leaves this one log line.
+    logger.info("request refused", extra={"status_code": status, "code": code, "reason": message})
     return Response(
         status,
         "application/json",

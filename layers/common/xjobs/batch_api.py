@@ -3,7 +3,6 @@
 import hashlib
 from typing import Annotated, Literal
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,11 +13,11 @@ from .file_api import file_store
 from .files import FileNotFound
 from .ids import new_id
 from .models import BadRequest, validate_body
+from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused
 from .views import batch_view
 
-logger = Logger(child=True)
 router = Router()
 
 MAX_COMPLETION_WINDOW_SECONDS = 86400

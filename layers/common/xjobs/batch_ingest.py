@@ -13,15 +13,14 @@ import hashlib
 import json
 import time
 import urllib.parse
+from collections import Counter
 
-from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from . import aws, batches
 from .batch_lines import BadLine, custom_id_of, error_line, estimated_tokens, parse_line
+from .observability import logger, metric
 from .settings import get_settings
-
-logger = Logger(child=True)
 
 CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 8 << 20
@@ -43,14 +42,18 @@ def handle_s3_event(event: dict, context) -> list[str]:
     """Start (or resume) the batch of every object the event announces; returns their batch ids."""
     started = []
     for record in event.get("Records", []):
-        s3 = record["s3"]
-        key = urllib.parse.unquote_plus(s3["object"]["key"])
+        key = s3_key(record)
         if not key.startswith(INCOMING_PREFIX):
             continue
-        started.append(open_batch(s3["bucket"]["name"], key))
+        started.append(open_batch(record["s3"]["bucket"]["name"], key))
     for batch_id in started:
         ingest(batch_id, context)
     return started
+
+
+def s3_key(record: dict) -> str:
+    """The object key of an S3 event record (URL-encoded there, space as "+")."""
+    return urllib.parse.unquote_plus(record["s3"]["object"]["key"])
 
 
 def open_batch(bucket: str, key: str) -> str:
@@ -82,7 +85,7 @@ def ingest(batch_id: str, context) -> None:
     batch = store.get(batch_id)
     if batch is None or batch["ingested"] or batch["status"] not in batches.RUNNING:
         return  # a repeated event, or a batch already past ingest
-    logger.append_keys(batch_id=batch_id)
+    logger.append_keys(batch_id=batch_id, tenant=batch["tenant"])
     reader = _Reader(settings.data_bucket, batch["input_key"])
     seen = _seen_custom_ids(reader, batch["offset"])
     state = {k: batch.get(k, 0) for k in ("offset", "lines", "physical_lines", "enqueued", "ingest_errors")}
@@ -233,6 +236,7 @@ class _Sender:
         self.messages: list[dict] = []
         self.message_bytes = 0
         self.errors: list[dict] = []
+        self.codes: list[str] = []  # of the error lines, for the BatchLines metric
 
     def enqueue(self, line: int, custom_id: str, body: dict) -> None:
         message = {
@@ -267,6 +271,7 @@ class _Sender:
                 "expires_at": self.batch["retain_until"],
             }
         )
+        self.codes.append(bad.code)
 
     def drop(self) -> int:
         """Forget the messages not yet sent; returns how many."""
@@ -280,7 +285,9 @@ class _Sender:
             with aws.table(self.settings.batch_items_table).batch_writer() as writer:
                 for item in self.errors:
                     writer.put_item(Item=item)
-            self.errors = []
+            for code, count in Counter(self.codes).items():
+                metric("BatchLines", count, Outcome=code)
+            self.errors, self.codes = [], []
 
     def _send(self) -> None:
         entries = self.messages
@@ -294,6 +301,7 @@ class _Sender:
             failed = {f["Id"] for f in reply.get("Failed", [])}
             entries = [e for e in entries if e["Id"] in failed]
             if entries:
+                logger.warning("SQS refused messages; sending them again", extra={"messages": len(entries)})
                 time.sleep(0.2)
         if entries:
             raise RuntimeError(f"SQS refused {len(entries)} messages five times")

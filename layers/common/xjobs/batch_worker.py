@@ -19,10 +19,10 @@ import math
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     AsyncBatchProcessor,
     EventType,
@@ -32,11 +32,10 @@ from aws_lambda_powertools.utilities.batch import (
 from . import aws, batches
 from .batch_ingest import start_finalizer
 from .batch_lines import error_line, result_line
+from .observability import logger, metric
 from .settings import get_settings
 from .upstream import account, chat_limiter, chat_rate, learn_limits, rate_limited, secret
 from .xai import XaiAccountBlocked, XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable, rate_limit_backoff
-
-logger = Logger(child=True)
 
 MAX_BACKOFF_SECONDS = 60
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
@@ -73,6 +72,14 @@ def handle_dead_letters(event: dict, context) -> dict:
         message = json.loads(record["body"])
         if not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
             receives = record.get("attributes", {}).get("ApproximateReceiveCount", "?")
+            logger.warning(
+                "request used up its deliveries",
+                extra={
+                    "batch_id": message["batch_id"],
+                    "custom_id": message["custom_id"],
+                    "receives": receives,
+                },
+            )
             work.record_error(
                 message, "delivery_failed", f"the request was received {receives} times without a result"
             )
@@ -130,7 +137,10 @@ class _Work:
 
     def process(self, record) -> None:
         message = json.loads(record.body)
-        logger.thread_safe_append_keys(batch_id=message["batch_id"], custom_id=message["custom_id"])
+        tenant = (self.batches.get(message["batch_id"]) or {}).get("tenant")
+        logger.thread_safe_append_keys(
+            batch_id=message["batch_id"], custom_id=message["custom_id"], tenant=tenant
+        )
         if record.message_id in self.repeats:
             _return_later(record, REPEAT_RETURN_SECONDS)
         verdict = self._verdict(message)
@@ -144,38 +154,42 @@ class _Work:
 
     def _run(self, record, message: dict, attempts: int) -> None:
         if self.blocked is not None and not self._may_probe():
-            self._later(message, account().pause_seconds())
+            self._later(message, account().pause_seconds(), "the xAI account is blocked")
             return
         if not self.admitted:
             wait = self._admit(message["tokens"])
             if wait:
                 if self.limiter.busy():
                     chat_rate().grow()  # held back, the rate used, no 429: the demand is above it
-                self._later(message, wait)
+                self._later(message, wait, "waiting for the rate limiter")
                 return
         body = message.get("body") or self._stored_body(message["body_key"])
         try:
             reply = self.xai.chat(body, timeout=self._time_left())
         except XaiAccountBlocked as exc:
             account().block(exc.status_code, exc.message)
-            self._later(message, account().pause_seconds())
+            self._later(message, account().pause_seconds(), "the xAI account is blocked")
             return
         except XaiRateLimited as exc:
             held = rate_limited(exc, self.limiter)
             retries = message.get("rate_limited", 0) + 1
-            self._later(message, max(held, rate_limit_backoff(retries)), rate_limited=retries)
+            self._later(
+                message, max(held, rate_limit_backoff(retries)), "xAI answered 429", rate_limited=retries
+            )
             return
         except XaiRejected as exc:
             error = {"error": {"code": exc.code, "message": exc.message}}
             line = result_line(batches.request_id(), message["custom_id"], exc.status_code, error, None)
-            self._keep(message, False, line)
+            self._keep(message, False, line, "upstream_rejected")
             return
         except XaiUnavailable as exc:
             attempts = self.store.count_attempt(message["batch_id"], message["line"], message["expires_at"])
             if attempts >= self.settings.batch_max_attempts:
                 self.record_error(message, "upstream_unavailable", f"{exc} ({attempts} attempts)")
                 return
-            self._later(message, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)))
+            self._later(
+                message, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)), f"xAI unavailable: {exc}"
+            )
             return
         if self.blocked is not None:
             account().resume()  # this request was the probe, and it went through
@@ -184,7 +198,7 @@ class _Work:
         line = result_line(
             batches.request_id(), message["custom_id"], reply.status_code, reply.body, upstream_id
         )
-        self._keep(message, True, line)
+        self._keep(message, True, line, "ok")
 
     def _admit(self, tokens: int) -> float:
         """The limiter's answer for one request; a wait of less than ``SHORT_WAIT_SECONDS`` is waited
@@ -204,8 +218,9 @@ class _Work:
                 return self._probe
             return False
 
-    def _later(self, message: dict, seconds: float, **counters: int) -> None:
+    def _later(self, message: dict, seconds: float, why: str, **counters: int) -> None:
         """The request waits: it goes back to the queue as a new message (see save)."""
+        logger.info("request sent back to wait", extra={"seconds": round(seconds, 3), "why": why})
         copy = message | counters | {"waits": message.get("waits", 0) + 1}
         with self._lock:
             self.later.append((copy, seconds))
@@ -217,9 +232,10 @@ class _Work:
         return max(1.0, self.context.get_remaining_time_in_millis() / 1000 - RESULT_MARGIN_SECONDS)
 
     def record_error(self, message: dict, code: str, text: str) -> None:
-        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text))
+        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text), code)
 
-    def _keep(self, message: dict, ok: bool, outcome: str) -> None:
+    def _keep(self, message: dict, ok: bool, outcome: str, code: str) -> None:
+        """Keep a result line to record; ``code`` is what BatchLines counts it as (``ok`` or why not)."""
         batch = self.batches.get(message["batch_id"])
         if batch is None:
             logger.warning("result of an unknown batch dropped")
@@ -236,6 +252,7 @@ class _Work:
             "ok": ok,
             "outcome": outcome,
             "expires_at": batch["retain_until"],
+            "code": code,
         }
         with self._lock:
             self.results.append(result)
@@ -250,7 +267,9 @@ class _Work:
         Every batch touched is checked, even with no new result: a worker that crashed between
         recording and this check left the batch to the next delivery of the same messages.
         """
-        self.store.record(self.results)
+        recorded = self.store.record(self.results)
+        for code, count in Counter(r["code"] for r in recorded).items():
+            metric("BatchLines", count, Outcome=code)
         self._send_later()
         for batch_id in self.batches:
             if self.store.claim_finalize(batch_id):
@@ -280,6 +299,7 @@ class _Work:
 
 
 def _return_later(record, seconds: float) -> None:
+    logger.info("message returned to the queue", extra={"seconds": round(seconds, 3)})
     aws.client("sqs").change_message_visibility(
         QueueUrl=get_settings().work_queue_url,
         ReceiptHandle=record.receipt_handle,

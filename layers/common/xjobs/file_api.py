@@ -11,7 +11,6 @@ holds the size (content-length-range) and the object's key, for a few minutes.
 import base64
 from typing import Literal
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,9 +20,9 @@ from .api import list_page, tenant_of
 from .files import FileStore, file_view, now, parse_multipart, upload_key
 from .ids import new_id
 from .models import BadRequest, validate_body
+from .observability import logger
 from .settings import get_settings
 
-logger = Logger(child=True)
 router = Router()
 
 MAX_MULTIPART_FILE_BYTES = 4 * 1024 * 1024

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from . import aws
+from .observability import emit
 
 WINDOW_RETENTION_SECONDS = 3600
 MAX_BLOCK_SECONDS = 120
@@ -83,7 +84,13 @@ class RateLimiter:
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return max(0.001, (window + 1) * self.window_seconds - now)
+                wait = max(0.001, (window + 1) * self.window_seconds - now)
+                if requests == 1:  # a refused group is asked for again request by request: counted there
+                    emit(
+                        {"LimiterWaits": (1, "Count"), "LimiterWaitSeconds": (wait, "Seconds")},
+                        Scope=self.scope,
+                    )
+                return wait
             raise
         self.last_window = window
         return 0.0

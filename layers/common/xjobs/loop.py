@@ -6,13 +6,12 @@ import math
 import tempfile
 import time
 
-from aws_lambda_powertools import Logger
-
 from . import aws, jobs, notify
 from .batch_lines import estimated_tokens
 from .durations import Durations, next_poll_in, profile
 from .limiter import RateLimiter
 from .notify import callback_url
+from .observability import logger
 from .settings import get_settings
 from .upstream import account, chat_limiter, rate_limited, secret, xai_client
 from .views import job_view, result_key, video_key
@@ -26,8 +25,6 @@ from .xai import (
     XaiUnavailable,
     rate_limit_backoff,
 )
-
-logger = Logger(child=True)
 
 # The history of one execution holds at most 25,000 events. A pass through Poll -> Finished? -> Wait
 # writes about 13, a Poll retried to its limit 9 more, a Park refused and its Pause 7 more; a fault
@@ -130,6 +127,7 @@ def _poll(job_id: str, polls: int, faults: int) -> dict:
     job = store.get(job_id)
     if job is None:
         raise jobs.JobNotFound(job_id)
+    logger.append_keys(tenant=job["tenant"])
     polls += 1
     spent = polls + faults
     # News (an upstream callback) the last status call has not seen: poll again as soon as allowed.
@@ -186,6 +184,7 @@ def _poll(job_id: str, polls: int, faults: int) -> dict:
         account().block(exc.status_code, exc.message)
         return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     except XaiRateLimited as exc:
+        logger.info("status poll answered 429: polling again later")
         return result(False, max(rate_limited(exc, limiter), rate_limit_backoff(1)))
     except XaiRejected as exc:
         store.advance(job_id, jobs.FAILED, error={"code": exc.code, "message": exc.message})
@@ -248,6 +247,7 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     except XaiRateLimited as exc:
         store.release(job["id"], SUBMIT_FLAG)
+        logger.info("submit answered 429: submitting again later")
         held = rate_limited(exc, limiter) if limiter else (exc.retry_after if exc.stated else 0.0)
         return result(False, max(held, rate_limit_backoff(1)))
     except XaiUnavailable:
@@ -392,6 +392,7 @@ def finish(job_id: str, error: dict | None) -> dict:
     job = store.get(job_id)
     if job is None:
         raise jobs.JobNotFound(job_id)
+    logger.append_keys(tenant=job["tenant"])
     if job["status"] not in jobs.TERMINAL:
         raise RuntimeError(f"job {job_id} reached Finish while {job['status']}")
     event_id = notify.event_id(job_id)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from . import aws
+from .observability import logger, metric
 
 SIGNATURE_HEADER = "X-Xjobs-Signature"
 TIMESTAMP_HEADER = "X-Xjobs-Timestamp"
@@ -111,6 +112,8 @@ def publish(
         Message=json.dumps(message, separators=(",", ":")),
         MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()},
     )
+    logger.info("notice published", extra={"event": event, "status": status, "tenant": tenant})
+    metric("NoticesSent", Channel="sns", Event=event)
     return reply["MessageId"]
 
 
@@ -280,7 +283,13 @@ def deliver_webhook(
     try:
         with httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False) as client:
             response = client.post(pinned, content=body, headers=headers, extensions=extensions)
+        ok = 200 <= response.status_code < 300
+        problem = None if ok else f"webhook receiver answered {response.status_code}"
     except httpx.HTTPError as exc:
-        raise WebhookUndelivered(f"webhook delivery failed: {type(exc).__name__}") from None
-    if not 200 <= response.status_code < 300:
-        raise WebhookUndelivered(f"webhook receiver answered {response.status_code}")
+        problem = f"webhook delivery failed: {type(exc).__name__}"
+    if problem:
+        # The state machine retries Finish with backoff: each failed attempt leaves this line.
+        logger.warning("webhook not delivered; it will be retried", extra={"problem": problem})
+        metric("NoticeFailures", Channel="webhook")
+        raise WebhookUndelivered(problem)
+    metric("NoticesSent", Channel="webhook", Event=event)

@@ -16,6 +16,7 @@ from . import aws, jobs
 from .ids import new_id
 from .models import BadRequest, upstream_body
 from .notify import check_webhook_url
+from .observability import logger, metric
 from .settings import get_settings
 from .views import job_view
 
@@ -98,6 +99,8 @@ def _create_job(*, submission: dict) -> dict:
     except Exception:
         store.delete(job["id"])  # a job without an execution would never move: take it back
         raise
+    logger.info("job submitted", extra={"job_id": job["id"], "tenant": job["tenant"], "kind": job["kind"]})
+    metric("JobsSubmitted", Kind=job["kind"])
     return job_view(job)
 
 

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .observability import logger, timed
+
 if TYPE_CHECKING:
     import httpx
 
@@ -197,7 +199,10 @@ class XaiClient:
         import httpx
 
         written = 0
-        with httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r:
+        with (
+            timed("download"),
+            httpx.stream("GET", url, timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=True) as r,
+        ):
             if r.status_code != 200:
                 raise XaiUnavailable(f"download of the result answered {r.status_code}")
             for chunk in r.iter_bytes(1 << 20):
@@ -222,6 +227,22 @@ class XaiClient:
             return UpstreamStatus("done", progress=100, result=body["result"])
         return UpstreamStatus(state, error=_error(body) if state in ("failed", "expired") else None)
 
+    def _send(self, method: str, path: str, kwargs: dict, operation: str) -> "httpx.Response":
+        """One HTTP request, counted in XaiCalls and XaiLatency by operation and outcome."""
+        import httpx
+
+        with timed(operation) as outcome:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException:
+                outcome[0] = "timeout"
+                raise
+            except httpx.TransportError:
+                outcome[0] = "connection_error"
+                raise
+            outcome[0] = _outcome(response)
+            return response
+
     def _request(
         self,
         method: str,
@@ -239,14 +260,19 @@ class XaiClient:
         import httpx  # for its exception classes (already loaded: __init__ imported it)
 
         last_problem = ""
+        operation = _operation(method, path, create)
         for attempt in range(self.max_attempts):
             if attempt:
+                logger.warning(
+                    "xAI call retried",
+                    extra={"operation": operation, "attempt": attempt + 1, "problem": last_problem},
+                )
                 time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt)))
             try:
                 kwargs = {"json": json} if json is not None else {}
                 if timeout is not None:
                     kwargs["timeout"] = timeout
-                response = self._http.request(method, path, **kwargs)
+                response = self._send(method, path, kwargs, operation)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 last_problem = f"{method} {path} could not connect: {type(exc).__name__}"  # nothing sent
                 continue
@@ -284,6 +310,29 @@ class XaiClient:
                 raise XaiRejected(response.status_code, message, code)
             return response
         raise XaiUnavailable(f"{last_problem} ({self.max_attempts} attempts)")
+
+
+def _operation(method: str, path: str, create: bool) -> str:
+    """What a call does, as the XaiCalls metric names it."""
+    if create:
+        return "submit"
+    if path == "/chat/completions":
+        return "chat"
+    if path.endswith("/cancel"):
+        return "cancel"
+    return "status" if method == "GET" else "other"
+
+
+def _outcome(response: "httpx.Response") -> str:
+    if _account_blocked(response):
+        return "account_blocked"
+    if response.status_code == 429:
+        return "rate_limited"
+    if response.status_code >= 500:
+        return "server_error"
+    if response.status_code >= 400:
+        return "rejected"
+    return "ok"
 
 
 def _body(response: "httpx.Response") -> dict:
