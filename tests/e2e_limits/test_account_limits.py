@@ -81,7 +81,12 @@ def test_credits_running_out_pause_deferred_jobs_that_complete_when_they_return(
     body = {"model": "grok-4", "deferred": True, "messages": [{"role": "user", "content": "hi"}]}
     # GIVEN a deferred chat job xAI is working on
     running = api.post("/v1/chat/completions", json=body).json()
-    wait_for_status(api, running["id"], statuses=("processing",), timeout=30)
+    started = wait_until(
+        lambda: (j := api.get(f"/v1/jobs/{running['id']}").json())["status"] != "pending" and j,
+        30,
+        "submitted",
+    )
+    assert started["status"] == "processing", started
 
     # WHEN the account runs out of credits, and a second job is submitted meanwhile
     sim.update(credits_exhausted=True, credits_exhausted_status=status)

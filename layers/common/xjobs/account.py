@@ -137,12 +137,13 @@ class Account:
         return max(1.0, min(cap, wait * random.uniform(0.8, 1.2)))
 
     def _announce(self, event: str, account: dict) -> None:
+        # One block, one id per event: the block's start names it.
+        event_id = notify.event_id(f"account_{account['since']}_{event.split('.')[1]}")
         notify.publish(
             self.topic_arn,
-            {"event": event, "account": account},
+            {"id": event_id, "event": event, "account": account},
             event=event,
-            # One block (or resume) is one event, whichever worker announces it.
-            event_id=notify.event_id(f"account_{event}_{account.get('since', 0)}"),
+            event_id=event_id,
             kind="xai.account",
             status="blocked" if event == BLOCKED_EVENT else "active",
             tenant="*",
