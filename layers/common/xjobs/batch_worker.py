@@ -4,7 +4,9 @@ Every request first takes its place in the shared limiter (requests and tokens p
 that must wait, or that xAI answers 429, goes back to the queue with a visibility timeout equal to the
 wait: no worker sleeps through a backoff. 5xx answers and timeouts come back with a growing backoff
 until ``BATCH_MAX_ATTEMPTS``, then become error lines; 4xx answers are error lines at once. A request
-that already has its result (SQS delivered it twice) is not sent to xAI again.
+that already has its result (SQS delivered it twice) is not sent to xAI again, and a request is leased
+before its xAI call, so two copies running at once never both call. A message that cannot be read is
+logged and set aside (deleted); it never holds back the others of its SQS batch.
 """
 
 import asyncio
@@ -35,6 +37,7 @@ logger = Logger(child=True)
 MAX_BACKOFF_SECONDS = 60
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
 RESULT_MARGIN_SECONDS = 5  # time left after an xAI call to record its result
+LEASE_MARGIN_SECONDS = RESULT_MARGIN_SECONDS + 5  # a lease ends after the invocation that holds it
 REPEAT_RETURN_SECONDS = 10  # a second copy of a message in one invocation waits for the first's result
 _requests = ThreadPoolExecutor(max_workers=32, thread_name_prefix="batch-request")
 
@@ -54,21 +57,54 @@ def handle(event: dict, context) -> dict:
     response = async_process_partial_response(event, record_handler, processor, context)
     # Results are stored before the answer deletes their messages: if this fails, all come back.
     work.save()
-    return response
+    return _with_uncounted(response, work)
 
 
 def handle_dead_letters(event: dict, context) -> dict:
     """Messages that used up their receives: each request becomes an error line, so the batch ends."""
     work = _Work(event.get("Records", []), context)
     for record in event.get("Records", []):
-        message = json.loads(record["body"])
-        if not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
+        message = work.messages[record["messageId"]]
+        if message is not None and not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
             receives = record.get("attributes", {}).get("ApproximateReceiveCount", "?")
             work.record_error(
                 message, "delivery_failed", f"the request was received {receives} times without a result"
             )
     work.save()
-    return {"batchItemFailures": []}
+    return _with_uncounted({"batchItemFailures": []}, work)
+
+
+def _with_uncounted(response: dict, work: "_Work") -> dict:
+    """The messages whose results are stored but not yet counted come back, for their count."""
+    failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+    extra = [{"itemIdentifier": m} for m in sorted(work.uncounted_messages - failed)]
+    return {**response, "batchItemFailures": response["batchItemFailures"] + extra}
+
+
+MESSAGE_FIELDS = {"batch_id": str, "line": int, "custom_id": str, "tokens": int, "expires_at": int}
+
+
+def read_message(record_id: str, body: str) -> dict | None:
+    """A work message, or None (logged) if it cannot be one: such a message is set aside, deleted,
+    never retried, so that it cannot hold back the others of its SQS batch."""
+    try:
+        message = json.loads(body)
+        readable = isinstance(message, dict) and all(
+            isinstance(message.get(name), kind) and not isinstance(message.get(name), bool)
+            for name, kind in MESSAGE_FIELDS.items()
+        )
+        readable = readable and (
+            isinstance(message.get("body"), dict) or isinstance(message.get("body_key"), str)
+        )
+    except (ValueError, RecursionError):
+        readable = False
+    if not readable:
+        logger.error(
+            "unreadable message set aside",
+            extra={"message_id": record_id, "body_head": str(body)[:200], "unreadable_messages": 1},
+        )
+        return None
+    return message
 
 
 class _Work:
@@ -80,17 +116,22 @@ class _Work:
         self.context = context
         self.settings = settings
         self.store = batches.BatchStore(settings.batches_table, settings.batch_items_table)
-        messages = [json.loads(r["body"]) for r in records]
-        self.known, self.batches = self.store.prefetch([(m["batch_id"], m["line"]) for m in messages])
+        self.messages = {r["messageId"]: read_message(r["messageId"], r["body"]) for r in records}
+        readable = {i: m for i, m in self.messages.items() if m is not None}
+        self.known, self.batches = self.store.prefetch(
+            [(m["batch_id"], m["line"]) for m in readable.values()]
+        )
         self.results: list[dict] = []
+        self.uncounted_messages: set[str] = set()
         self._lock = threading.Lock()
         # SQS may put two copies of a message in one batch: the first runs, the others come back later
         # and find its result.
-        first = {}
-        for record, message in zip(records, messages, strict=True):
-            first.setdefault((message["batch_id"], message["line"]), record["messageId"])
-        self.repeats = {r["messageId"] for r in records} - set(first.values())
-        unique = [m for r, m in zip(records, messages, strict=True) if r["messageId"] not in self.repeats]
+        first: dict[tuple[str, int], str] = {}
+        for record_id, message in readable.items():
+            first.setdefault((message["batch_id"], message["line"]), record_id)
+        self.repeats = set(readable) - set(first.values())
+        self.message_of = {key: record_id for key, record_id in first.items()}
+        unique = [m for i, m in readable.items() if i not in self.repeats]
         to_run = [m for m in unique if self._verdict(m) is None]
         # The key is read here, once, not by each of the request threads at a cold start.
         self.xai = _client() if to_run else None
@@ -113,7 +154,9 @@ class _Work:
         return None
 
     def process(self, record) -> None:
-        message = json.loads(record.body)
+        message = self.messages[record.message_id]
+        if message is None:
+            return  # set aside (logged): deleted with the batch's successes
         logger.thread_safe_append_keys(batch_id=message["batch_id"], custom_id=message["custom_id"])
         if record.message_id in self.repeats:
             _return_later(record, REPEAT_RETURN_SECONDS)
@@ -131,10 +174,22 @@ class _Work:
             wait = chat_limiter().try_acquire(tokens=message["tokens"])
             if wait:
                 _return_later(record, wait)
+        # The lease outlasts this invocation, so no other copy calls xAI while this one may.
+        lease, wait = self.store.lease(
+            message["batch_id"],
+            message["line"],
+            self._time_left() + LEASE_MARGIN_SECONDS,
+            message["expires_at"],
+        )
+        if lease is None:
+            if wait:
+                _return_later(record, wait)  # another copy runs it: come back to find its result
+            return  # another copy recorded its result meanwhile
         body = message.get("body") or self._stored_body(message["body_key"])
         try:
             reply = self.xai.chat(body, timeout=self._time_left())
         except XaiRateLimited as exc:
+            self.store.release(message["batch_id"], message["line"], lease)
             learn_limits(exc.limits)
             # Block the windows of the limit xAI just stated (when it stated one): the windows every
             # caller counts in from now on, not those of the limit this request was admitted under.
@@ -198,7 +253,15 @@ class _Work:
         Every batch touched is checked, even with no new result: a worker that crashed between
         recording and this check left the batch to the next delivery of the same messages.
         """
-        self.store.record(self.results)
+        recount = [
+            {"batch_id": b, "line": n, "ok": known["ok"]}
+            for (b, n), known in self.known.items()
+            if known.get("uncounted")
+        ]
+        left = self.store.record(
+            self.results, recount, count_seconds=min(batches.COUNT_SECONDS, self._time_left())
+        )
+        self.uncounted_messages = {self.message_of[key] for key in left if key in self.message_of}
         for batch_id in self.batches:
             if self.store.claim_finalize(batch_id):
                 start_finalizer(batch_id)

@@ -5,10 +5,13 @@ validating -> failed when its file holds nothing to run; cancel moves it to canc
 move is a conditional write on the statuses it may come from, as for jobs.
 
 Exactly one result per request: a request's result item (batch id, line) is written with
-``attribute_not_exists(outcome)`` in the same transaction that counts it on the batch, so a second
-delivery of the same message can neither write a second result nor count one twice. The batch is
-finished when the ingest has enqueued its last line and ``done = enqueued``; the one caller whose
-conditional write moves it to finalizing hands it to the finalizer.
+``attribute_not_exists(outcome)``, in the same transaction that counts it on the batch or, when the
+batch's counter item is contended, alone and marked ``uncounted`` until a count transaction removes
+the mark; so a second delivery of the same message can neither write a second result nor count one
+twice, and no answer waits on the counter. Before its xAI call a request is leased (``lease_until``
+on its item), so two copies of one message never both call. The batch is finished when the ingest
+has enqueued its last line and ``done = enqueued``; the one caller whose conditional write moves it
+to finalizing hands it to the finalizer.
 """
 
 from __future__ import annotations  # the store has a method named list
@@ -43,6 +46,8 @@ MAX_INLINE_RESULT_BYTES = 300_000
 TRANSACTION_RESULTS = 50  # with one counter item per batch, well under DynamoDB's 100 items
 TRANSACTION_BYTES = 3_000_000  # under DynamoDB's 4 MB per transaction
 MAX_TRANSACTION_TRIES = 8
+FAST_TRIES = 3  # transactions that store and count at once, before results are stored alone
+COUNT_SECONDS = 10.0  # how long record() tries to count before leaving it to a later delivery
 
 
 class BatchNotFound(LookupError):
@@ -250,13 +255,18 @@ class BatchStore:
         )
 
     def _update_if(self, **request: Any) -> bool:
-        try:
-            self.table.update_item(**request)
-        except ClientError as exc:
-            if conditional_failure(exc):
-                return False
-            raise
-        return True
+        for attempt in range(MAX_TRANSACTION_TRIES):
+            try:
+                self.table.update_item(**request)
+                return True
+            except ClientError as exc:
+                if conditional_failure(exc):
+                    return False
+                # A count transaction holds the batch's item for a moment.
+                if exc.response["Error"]["Code"] != "TransactionConflictException":
+                    raise
+            time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+        raise RuntimeError("the batch's item stayed in transactions")
 
     # ---- results -----------------------------------------------------------------------------
     def prefetch(self, keys: list[tuple[str, int]]) -> tuple[dict[tuple[str, int], dict], dict[str, dict]]:
@@ -283,18 +293,28 @@ class BatchStore:
                     known[(item["batch_id"]["S"], int(item["line"]["N"]))] = {
                         "attempts": int(item.get("attempts", {}).get("N", 0)),
                         "done": "outcome" in item,
+                        "uncounted": "uncounted" in item,
+                        "ok": item.get("ok", {}).get("BOOL", False),
                     }
                 for item in reply["Responses"].get(self.batches_table, []):
                     found[item["id"]["S"]] = plain({k: deserialize(v) for k, v in item.items()})
                 request = reply.get("UnprocessedKeys") or None
         return known, found
 
-    def record(self, results: list[dict]) -> int:
-        """Store result lines and count them on their batches, atomically, a transaction per chunk.
+    def record(
+        self, results: list[dict], recount: list[dict] = (), count_seconds: float = COUNT_SECONDS
+    ) -> set[tuple[str, int]]:
+        """Store result lines and count them on their batches; returns the (batch id, line) of those
+        stored but not yet counted, for a later delivery of their messages to count.
 
         ``results``: {"batch_id", "line", "custom_id", "ok", "outcome", "expires_at"}. A request that has
-        its result already (a repeated delivery) is left as it is and not counted again. Returns how
-        many results were new.
+        its result already (a repeated delivery) is left as it is and not counted again. ``recount``:
+        {"batch_id", "line", "ok"} of results stored earlier and left uncounted.
+
+        An answer is never lost to the counter: each chunk is first stored and counted in one
+        transaction; when the batch's counter item stays contended, the results are stored alone
+        (marked ``uncounted``, no counter touched) and counted after, each exactly once (the count
+        transaction removes the mark, on the condition that it is there).
         """
         # A transaction may not name an item twice: of two results for one request, the first stands.
         unique, seen = [], set()
@@ -302,79 +322,175 @@ class BatchStore:
             if (r["batch_id"], r["line"]) not in seen:
                 seen.add((r["batch_id"], r["line"]))
                 unique.append(r)
-        recorded = 0
+        to_count = {(r["batch_id"], r["line"]): r for r in recount}
         for chunk in _transaction_chunks(unique):
-            for attempt in range(MAX_TRANSACTION_TRIES):
-                if not chunk:
-                    break
-                if attempt:
-                    # Another transaction held the batch's counter item: wait a moment, jittered.
-                    time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
-                try:
-                    aws.client("dynamodb").transact_write_items(TransactItems=self._record_items(chunk))
-                except ClientError as exc:
-                    if exc.response["Error"]["Code"] != "TransactionCanceledException":
-                        raise
-                    reasons = exc.response.get("CancellationReasons") or []
-                    # The result items come first in the transaction: drop those recorded already.
-                    chunk = [
-                        r
-                        for r, reason in zip(chunk, reasons, strict=False)
-                        if reason.get("Code") != "ConditionalCheckFailed"
-                    ]
-                    continue
-                recorded += len(chunk)
-                break
-            else:
-                raise RuntimeError("results could not be recorded: DynamoDB kept cancelling the transaction")
-        return recorded
+            for r in self._store_and_count(chunk):
+                if self._store_uncounted(r):
+                    to_count[(r["batch_id"], r["line"])] = r
+        return self._count(list(to_count.values()), count_seconds)
 
-    def _record_items(self, chunk: list[dict]) -> list[dict]:
-        items = []
+    def _store_and_count(self, chunk: list[dict]) -> list[dict]:
+        """One transaction: the results (conditional on none stored) and their counts. Returns the
+        results it could not record because the counter item stayed contended."""
+        for attempt in range(FAST_TRIES):
+            if not chunk:
+                return []
+            if attempt:
+                time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+            reasons = self._transact([self._result_update(r) for r in chunk] + self._counter_updates(chunk))
+            if reasons is None:
+                return []
+            # Results already recorded (a repeated delivery) drop out; the rest go again.
+            chunk = [
+                r
+                for r, reason in zip(chunk, reasons, strict=False)
+                if reason.get("Code") != "ConditionalCheckFailed"
+            ]
+        return chunk
+
+    def _store_uncounted(self, r: dict) -> bool:
+        """Store one result without counting it (no transaction, no counter item). False if the request
+        has a result already."""
+        update = self._result_update(r)["Update"]
+        update["UpdateExpression"] += ", uncounted = :yes"
+        update["ExpressionAttributeValues"][":yes"] = {"BOOL": True}
+        for attempt in range(MAX_TRANSACTION_TRIES):
+            try:
+                aws.client("dynamodb").update_item(**update)
+                return True
+            except ClientError as exc:
+                if conditional_failure(exc):
+                    return False
+                # Only a transaction recording this very request holds its item; wait for it.
+                if exc.response["Error"]["Code"] != "TransactionConflictException":
+                    raise
+            time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+        raise RuntimeError("a result could not be stored: its item stayed in a transaction")
+
+    def _count(self, entries: list[dict], seconds: float) -> set[tuple[str, int]]:
+        """Count stored, uncounted results, each once; returns those still uncounted after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        left: set[tuple[str, int]] = set()
+        for chunk in _transaction_chunks([{**e, "outcome": ""} for e in entries]):
+            attempt = 0
+            while chunk:
+                items = [
+                    {
+                        "Update": {
+                            "TableName": self.items_table,
+                            "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
+                            "UpdateExpression": "REMOVE uncounted",
+                            "ConditionExpression": "attribute_exists(uncounted)",
+                        }
+                    }
+                    for r in chunk
+                ]
+                reasons = self._transact(items + self._counter_updates(chunk))
+                if reasons is None:
+                    break
+                chunk = [
+                    r
+                    for r, reason in zip(chunk, reasons, strict=False)
+                    if reason.get("Code") != "ConditionalCheckFailed"  # counted already
+                ]
+                attempt += 1
+                pause = random.uniform(0.01, min(1.0, 0.05 * 2**attempt))
+                if chunk and time.monotonic() + pause > deadline:
+                    left |= {(r["batch_id"], r["line"]) for r in chunk}
+                    break
+                time.sleep(pause)
+        return left
+
+    def _transact(self, items: list[dict]) -> list[dict] | None:
+        """Run a transaction: None when it went through; when cancelled, the reasons, one per item."""
+        try:
+            aws.client("dynamodb").transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            return exc.response.get("CancellationReasons") or [{}] * len(items)
+        return None
+
+    def _result_update(self, r: dict) -> dict:
+        return {
+            "Update": {
+                "TableName": self.items_table,
+                "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
+                "UpdateExpression": "SET outcome = :outcome, ok = :ok, custom_id = :cid, expires_at = :exp",
+                "ConditionExpression": "attribute_not_exists(outcome)",
+                "ExpressionAttributeValues": {
+                    ":outcome": {"S": r["outcome"]},
+                    ":ok": {"BOOL": r["ok"]},
+                    ":cid": {"S": r["custom_id"]},
+                    ":exp": {"N": str(r["expires_at"])},
+                },
+            }
+        }
+
+    def _counter_updates(self, chunk: list[dict]) -> list[dict]:
         counts: dict[str, list[int]] = {}
         for r in chunk:
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.items_table,
-                        "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
-                        "UpdateExpression": (
-                            "SET outcome = :outcome, ok = :ok, custom_id = :cid, expires_at = :exp"
-                        ),
-                        "ConditionExpression": "attribute_not_exists(outcome)",
-                        "ExpressionAttributeValues": {
-                            ":outcome": {"S": r["outcome"]},
-                            ":ok": {"BOOL": r["ok"]},
-                            ":cid": {"S": r["custom_id"]},
-                            ":exp": {"N": str(r["expires_at"])},
-                        },
-                    }
-                }
-            )
             done_failed = counts.setdefault(r["batch_id"], [0, 0])
             done_failed[0] += 1
             done_failed[1] += 0 if r["ok"] else 1
-        for batch_id, (done, failed) in counts.items():
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.batches_table,
-                        "Key": {"id": {"S": batch_id}},
-                        "UpdateExpression": "ADD done :done, failed :failed",
-                        "ExpressionAttributeValues": {
-                            ":done": {"N": str(done)},
-                            ":failed": {"N": str(failed)},
-                        },
-                    }
+        return [
+            {
+                "Update": {
+                    "TableName": self.batches_table,
+                    "Key": {"id": {"S": batch_id}},
+                    "UpdateExpression": "ADD done :done, failed :failed",
+                    "ExpressionAttributeValues": {":done": {"N": str(done)}, ":failed": {"N": str(failed)}},
                 }
+            }
+            for batch_id, (done, failed) in counts.items()
+        ]
+
+    # ---- leases: one running copy of a request at a time ---------------------------------------
+    def lease(self, batch_id: str, line: int, seconds: float, expires_at: int) -> tuple[int | None, float]:
+        """Take the request (batch id, line) for ``seconds`` before calling xAI for it. Returns (the
+        lease's token, 0) when taken; (None, 0) when the request has its result; (None, seconds until
+        the holder's lease ends) when another copy holds it. A lease ends by itself, so a crashed
+        worker's request is taken again by the next delivery."""
+        now = int(time.time() * 1000)
+        until = now + max(1000, int(seconds * 1000))
+        try:
+            self.items.update_item(
+                Key={"batch_id": batch_id, "line": line},
+                UpdateExpression="SET lease_until = :until, expires_at = if_not_exists(expires_at, :exp)",
+                ConditionExpression=(
+                    "attribute_not_exists(outcome)"
+                    " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+                ),
+                ExpressionAttributeValues={":until": until, ":now": now, ":exp": expires_at},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        return items
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
+            held = exc.response.get("Item") or {}
+            if "outcome" in held:
+                return None, 0
+            return None, max(1.0, (int(held.get("lease_until", {}).get("N", now)) - now) / 1000)
+        return until, 0
+
+    def release(self, batch_id: str, line: int, token: int) -> None:
+        """Give a lease back (the request goes back to the queue without a result)."""
+        try:
+            self.items.update_item(
+                Key={"batch_id": batch_id, "line": line},
+                UpdateExpression="REMOVE lease_until",
+                ConditionExpression="lease_until = :token",
+                ExpressionAttributeValues={":token": token},
+            )
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
 
     def count_attempt(self, batch_id: str, line: int, expires_at: int) -> int:
         """Count one more failed xAI attempt of a request; returns the attempts so far."""
         reply = self.items.update_item(
             Key={"batch_id": batch_id, "line": line},
-            UpdateExpression="ADD attempts :one SET expires_at = :exp",
+            UpdateExpression="ADD attempts :one SET expires_at = :exp REMOVE lease_until",
             ExpressionAttributeValues={":one": 1, ":exp": expires_at},
             ReturnValues="UPDATED_NEW",
         )
