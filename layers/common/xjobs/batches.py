@@ -10,8 +10,8 @@ batch's counter item is contended, alone and marked ``uncounted`` until a count 
 the mark; so a second delivery of the same message can neither write a second result nor count one
 twice, and no answer waits on the counter. Before its xAI call a request is leased (``lease_until``
 on its item), so two copies of one message never both call. The batch is finished when the ingest
-has enqueued its last line and ``done = enqueued``; the one caller whose conditional write moves it
-to finalizing hands it to the finalizer.
+has read its last line and ``done = lines`` (the ingest's error lines are counted too); the one
+caller whose conditional write moves it to finalizing hands it to the finalizer.
 """
 
 from __future__ import annotations  # the store has a method named list
@@ -187,9 +187,9 @@ class BatchStore:
             Key={"id": batch_id},
             UpdateExpression="SET #status = :finalizing, finalizing_at = :now",
             ConditionExpression=(
-                "ingested = :yes AND done = enqueued AND #status IN (:validating, :running, :cancelling)"
+                "ingested = :yes AND done = #lines AND #status IN (:validating, :running, :cancelling)"
             ),
-            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeNames={"#status": "status", "#lines": "lines"},
             ExpressionAttributeValues={
                 ":finalizing": FINALIZING,
                 ":now": _now(),
@@ -324,32 +324,36 @@ class BatchStore:
                 unique.append(r)
         to_count = {(r["batch_id"], r["line"]): r for r in recount}
         for chunk in _transaction_chunks(unique):
-            for r in self._store_and_count(chunk):
-                if self._store_uncounted(r):
-                    to_count[(r["batch_id"], r["line"])] = r
+            # A request recorded already may have been left uncounted (a crash between the two
+            # steps): counting it again is harmless, it is counted at most once.
+            contended, existing = self._store_and_count(chunk)
+            for r in contended:
+                self._store_uncounted(r)
+            for r in contended + existing:
+                to_count.setdefault((r["batch_id"], r["line"]), r)
         return self._count(list(to_count.values()), count_seconds)
 
-    def _store_and_count(self, chunk: list[dict]) -> list[dict]:
+    def _store_and_count(self, chunk: list[dict]) -> tuple[list[dict], list[dict]]:
         """One transaction: the results (conditional on none stored) and their counts. Returns the
-        results it could not record because the counter item stayed contended."""
+        results it could not record because the counter item stayed contended, and those that had a
+        result already."""
+        existing: list[dict] = []
         for attempt in range(FAST_TRIES):
             if not chunk:
-                return []
+                return [], existing
             if attempt:
                 time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
             reasons = self._transact([self._result_update(r) for r in chunk] + self._counter_updates(chunk))
             if reasons is None:
-                return []
+                return [], existing
             # Results already recorded (a repeated delivery) drop out; the rest go again.
-            chunk = [
-                r
-                for r, reason in zip(chunk, reasons, strict=False)
-                if reason.get("Code") != "ConditionalCheckFailed"
-            ]
-        return chunk
+            recorded = [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons[: len(chunk)]]
+            existing += [r for r, done in zip(chunk, recorded, strict=False) if done]
+            chunk = [r for r, done in zip(chunk, recorded + [False] * len(chunk), strict=False) if not done]
+        return chunk, existing
 
-    def _store_uncounted(self, r: dict) -> bool:
-        """Store one result without counting it (no transaction, no counter item). False if the request
+    def _store_uncounted(self, r: dict) -> None:
+        """Store one result without counting it (no transaction, no counter item), unless the request
         has a result already."""
         update = self._result_update(r)["Update"]
         update["UpdateExpression"] += ", uncounted = :yes"
@@ -357,10 +361,10 @@ class BatchStore:
         for attempt in range(MAX_TRANSACTION_TRIES):
             try:
                 aws.client("dynamodb").update_item(**update)
-                return True
+                return
             except ClientError as exc:
                 if conditional_failure(exc):
-                    return False
+                    return  # recorded already
                 # Only a transaction recording this very request holds its item; wait for it.
                 if exc.response["Error"]["Code"] != "TransactionConflictException":
                     raise
@@ -380,7 +384,9 @@ class BatchStore:
                             "TableName": self.items_table,
                             "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
                             "UpdateExpression": "REMOVE uncounted",
-                            "ConditionExpression": "attribute_exists(uncounted)",
+                            # ok as counted here: a result that is not this one is counted by its own
+                            "ConditionExpression": "attribute_exists(uncounted) AND ok = :ok",
+                            "ExpressionAttributeValues": {":ok": {"BOOL": r["ok"]}},
                         }
                     }
                     for r in chunk
@@ -444,6 +450,47 @@ class BatchStore:
             }
             for batch_id, (done, failed) in counts.items()
         ]
+
+    def claim_custom_ids(self, batch_id: str, lines: list[tuple[str, int, int]], expires_at: int) -> dict:
+        """Claim custom_ids of the batch for their lines: (custom_id, line, file line number) each, the
+        custom_ids distinct. Returns {custom_id: file line number of the earlier line that has it} for
+        those claimed already by another line.
+
+        One small item per custom_id, so the ingest keeps none in memory. A consistent read, then
+        plain writes: safe because every run of the ingest reads the file in order from a checkpoint,
+        so a custom_id is claimed for its first line (by this run or an earlier one) before any later
+        line that repeats it is read.
+        """
+        from boto3.dynamodb.types import TypeSerializer
+
+        def key(custom_id: str) -> dict:
+            return {"batch_id": f"{batch_id}#custom_id#{custom_id}", "line": 0}
+
+        serialize = TypeSerializer().serialize
+        found: dict[str, tuple[int, int]] = {}
+        client = aws.client("dynamodb")
+        for start in range(0, len(lines), 100):
+            keys = [{k: serialize(v) for k, v in key(c).items()} for c, _, _ in lines[start : start + 100]]
+            request: dict | None = {self.items_table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                reply = client.batch_get_item(RequestItems=request)
+                for item in reply["Responses"].get(self.items_table, []):
+                    custom_id = item["batch_id"]["S"].split("#custom_id#", 1)[1]
+                    found[custom_id] = (int(item["first_line"]["N"]), int(item["first_number"]["N"]))
+                request = reply.get("UnprocessedKeys") or None
+        with self.items.batch_writer() as writer:
+            for custom_id, line, number in lines:
+                if custom_id not in found:
+                    writer.put_item(
+                        Item={
+                            **key(custom_id),
+                            "first_line": line,
+                            "first_number": number,
+                            "expires_at": expires_at,
+                        }
+                    )
+        mine = {custom_id: line for custom_id, line, _ in lines}
+        return {c: number for c, (line, number) in found.items() if line != mine[c]}
 
     # ---- leases: one running copy of a request at a time ---------------------------------------
     def lease(self, batch_id: str, line: int, seconds: float, expires_at: int) -> tuple[int | None, float]:
