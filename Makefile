@@ -18,6 +18,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
+	$(BIN)/python -m local.deploy_check
 
 # Each end-to-end suite runs in its own process: its local stack points the layer's cached AWS
 # clients at its own emulator.
@@ -26,6 +27,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests/e2e
 	$(BIN)/python -m pytest -q tests/e2e_callbacks
 	$(BIN)/python -m pytest -q tests/e2e_batches
+	$(BIN)/python -m pytest -q tests/e2e_limits
 	$(BIN)/python -m pytest -q tests/local
 
 demo: install

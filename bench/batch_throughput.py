@@ -10,6 +10,11 @@ process of its own while ours runs (the clean and the faulty one at once): Async
 it. For both: wall time, successful requests per minute as a share of the limit, the
 429s the simulator answered, lost requests (no result at the end) and duplicates (a request xAI
 answered 200 more than once).
+
+Wrong limits: the same simulator (as xAI: per-second limits, 429s with no Retry-After and no
+x-ratelimit-* headers) under a stack configured 1.5× too high (1,800/min) and, separately, 2× too
+low (600/min), each with 3,000 requests: the share of the true limit in the minute after the first
+(the adaptive rate has had its minute to find the limit), 429s per request, lost and paid twice.
 """
 
 import asyncio
@@ -50,6 +55,11 @@ PARAMETERS = {
 }
 TARGET_SHARE = 0.90
 TARGET_429_SHARE = 0.05
+WRONG_LIMITS = {"limit 1.5x too high": 1_800, "limit 2x too low": 600}
+WRONG_LIMIT_REQUESTS = 3_000
+WRONG_TARGET_SHARE = 0.95
+WRONG_TARGET_429_SHARE = 0.02
+MEASURED_FROM, MEASURED_SECONDS = 60.0, 60.0  # the minute after the first xAI call's first minute
 TIMEOUT = 600
 BASELINE_CONCURRENCY = 10
 BASELINE_TRIES = 3
@@ -60,7 +70,7 @@ def _prompt(i: int) -> str:
     return f"[{i:05d}] " + ("Summarise the trade-offs of serverless queues for bulk chat work. " * 3)[:192]
 
 
-def _lines() -> list[dict]:
+def _lines(requests: int = REQUESTS) -> list[dict]:
     return [
         {
             "custom_id": f"req-{i}",
@@ -72,7 +82,7 @@ def _lines() -> list[dict]:
                 "max_tokens": 60,
             },
         }
-        for i in range(REQUESTS)
+        for i in range(requests)
     ]
 
 
@@ -110,14 +120,15 @@ def _figures(sim: XaiSimulator, seconds: float, succeeded: int, lost: int) -> di
 # -- ours ----------------------------------------------------------------------------------------------
 
 
-def run_ours(stack: LocalStack, faults: dict) -> dict:
+def run_ours(stack: LocalStack, faults: dict, requests: int = REQUESTS) -> dict:
     stack.simulator.reset()
     stack.simulator.update(**dataclasses.asdict(SIMULATOR) | faults)
     meter = cost.Meter(stack)
-    api = httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=60)
-    upload = api.post("/v1/files", json={"purpose": "batch"}).json()
-    content = "".join(json.dumps(line) + "\n" for line in _lines()).encode()
-    httpx.put(upload["upload_url"], content=content, timeout=60).raise_for_status()
+    api = httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=60
+    )
+    content = "".join(json.dumps(line) + "\n" for line in _lines(requests)).encode()
+    upload = api.post("/v1/files", files={"file": ("input.jsonl", content)}, data={"purpose": "batch"}).json()
     started = time.time()
     batch = api.post("/v1/batches", json={"input_file_id": upload["id"]}).json()
     while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
@@ -129,7 +140,8 @@ def run_ours(stack: LocalStack, faults: dict) -> dict:
     output = _read(batch.get("output_file_url"))
     errors = _read(batch.get("error_file_url"))
     seen = collections.Counter(line["custom_id"] for line in output + errors)
-    figures = _figures(stack.simulator, seconds, len(output), REQUESTS - len(seen))
+    figures = _figures(stack.simulator, seconds, len(output), requests - len(seen))
+    figures["rate_limited_share"] = figures["rate_limited"] / requests
     figures["status"] = batch["status"]
     figures["error_lines"] = len(errors)
     figures["result_lines_repeated"] = sum(n - 1 for n in seen.values() if n > 1)
@@ -159,6 +171,36 @@ def _read(url: str | None) -> list[dict]:
     if not url:
         return []
     return [json.loads(line) for line in httpx.get(url, timeout=60).text.splitlines() if line]
+
+
+def run_wrong_limit(configured_rpm: int) -> dict:
+    """A stack configured with the wrong chat limit, against the faithful simulator's true one."""
+    parameters = PARAMETERS | {"ChatRequestsPerMinute": str(configured_rpm)}
+    stack = LocalStack(parameters=parameters, simulator=SIMULATOR).start()
+    try:
+        figures = run_ours(stack, {}, WRONG_LIMIT_REQUESTS)
+        figures.pop("cost_counts")
+        figures.pop("cost_work")
+        ok = sorted(
+            c.time for c in stack.simulator.calls if c.path == "/v1/chat/completions" and c.status == 200
+        )
+    finally:
+        stack.stop()
+    start = ok[0] + MEASURED_FROM if ok else 0
+    in_minute = sum(1 for t in ok if start <= t < start + MEASURED_SECONDS)
+    figures["configured_rpm"] = configured_rpm
+    figures["share_after_first_minute"] = in_minute / MEASURED_SECONDS * 60 / LIMIT_RPM
+    figures["saturated_minute"] = bool(ok) and ok[-1] >= start + MEASURED_SECONDS
+    return figures
+
+
+def _met_wrong(figures: dict) -> bool:
+    return (
+        figures["share_after_first_minute"] >= WRONG_TARGET_SHARE
+        and figures["rate_limited_share"] <= WRONG_TARGET_429_SHARE
+        and figures["lost"] == 0
+        and figures["duplicates"] == 0
+    )
 
 
 # -- baseline: the xAI docs' recipe ---------------------------------------------------------------------
@@ -229,6 +271,10 @@ def run() -> dict:
             stack.stop()
         for name in settings:
             measured[name]["baseline"] = baselines[name].result()
+    wrong = {}
+    for name, configured in WRONG_LIMITS.items():
+        print(f"  {name}: ours...", flush=True)
+        wrong[name] = run_wrong_limit(configured)
     clean = measured["clean"]["ours"]
     counts, work = clean.pop("cost_counts"), clean.pop("cost_work")
     measured["faults"]["ours"].pop("cost_counts")
@@ -250,6 +296,21 @@ def run() -> dict:
             row(f"{name}: duplicates", ours["duplicates"], base["duplicates"], "requests", "0",
                 ours["duplicates"] == 0, compare=False),
         ]  # fmt: skip
+    for name, ours in wrong.items():
+        met = _met_wrong(ours)
+        rows += [
+            row(f"{name} ({ours['configured_rpm']}/min configured): share of the true limit after the "
+                "first minute", ours["share_after_first_minute"], None, "×", f"≥ {WRONG_TARGET_SHARE}",
+                ours["share_after_first_minute"] >= WRONG_TARGET_SHARE, compare=False),
+            row(f"{name}: 429s answered ÷ requests", ours["rate_limited_share"], None, "×",
+                f"≤ {WRONG_TARGET_429_SHARE}", ours["rate_limited_share"] <= WRONG_TARGET_429_SHARE,
+                compare=False),
+            row(f"{name}: lost, paid twice", ours["lost"] + ours["duplicates"], None, "requests", "0",
+                ours["lost"] == 0 and ours["duplicates"] == 0, compare=False),
+            row(f"{name}: wall time, {WRONG_LIMIT_REQUESTS} requests", ours["seconds"], None, "s",
+                compare=False),
+        ]  # fmt: skip
+        measured[name] = {"ours": ours, "met": met}
     return {
         **run_metadata(),
         "benchmark": "batch_throughput",
@@ -258,7 +319,8 @@ def run() -> dict:
         "parameters": PARAMETERS,
         "simulator": dataclasses.asdict(SIMULATOR) | {"faults": FAULTS},
         **measured,
-        "targets": {name: _met(measured[name]["ours"]) for name in settings},
+        "targets": {name: _met(measured[name]["ours"]) for name in settings}
+        | {name: _met_wrong(wrong[name]) for name in wrong},
         "rows": rows,
         "cost_counts": counts,  # what the clean run did on AWS, priced by the cost benchmark
         "cost_work": work,
@@ -268,7 +330,15 @@ def run() -> dict:
 def report(result: dict) -> str:
     parts = []
     for name, met in result["targets"].items():
-        ours, base = result[name]["ours"], result[name]["baseline"]
+        ours, base = result[name]["ours"], result[name].get("baseline")
+        if base is None:
+            parts.append(
+                f"{name} ({ours['configured_rpm']}/min configured): "
+                f"{ours['share_after_first_minute']:.2f} of the true limit after the first minute, "
+                f"{ours['rate_limited_share']:.1%} 429s, "
+                f"{ours['lost']} lost, {ours['duplicates']} paid twice, targets {'met' if met else 'missed'}"
+            )
+            continue
         verdict = "met" if met else "missed"
         parts.append(
             f"{name}: ours {ours['succeeded']} ok / {ours['error_lines']} error lines "

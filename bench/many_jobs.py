@@ -138,7 +138,7 @@ def run_ours() -> dict:
     try:
         meter = cost.Meter(stack)
         limits = httpx.Limits(max_connections=CLIENTS)
-        headers = {"x-api-key": stack.api_key}
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
         with httpx.Client(base_url=stack.api_url, headers=headers, limits=limits, timeout=60) as client:
             started = time.time()
             posted = _post_all(client, _requests(xai_shapes=False))

@@ -57,6 +57,7 @@ class AwsEmulator(ThreadedMotoServer):
         super().__init__(*args, **kwargs)
         _roll_back_transactions_item_by_item()
         _pay_moto_setup_costs_once()
+        _enforce_post_policies()
         self._count_lock = threading.Lock()
         self._counts: Counter = Counter()
         self._observer_counts: Counter = Counter()
@@ -65,6 +66,7 @@ class AwsEmulator(ThreadedMotoServer):
         self._in_flight: dict[
             tuple[str, str], float
         ] = {}  # (table, key) -> until when a transaction holds it
+        self.authorizer = None  # local/iam.py's Authorizer, once the stack has its functions' roles
 
     def counts(self) -> dict[str, float]:
         """Requests by "service:Action" and DynamoDB request units, since the start (observers left out)."""
@@ -95,6 +97,12 @@ class AwsEmulator(ThreadedMotoServer):
         def serve(environ, start_response):
             service, region = _scope(environ)
             body = _read_body(environ) if service != "s3" else b""
+            refusal = self.authorizer and self.authorizer.check(environ, service, body)
+            if refusal:
+                status, headers, payload = refusal
+                self._count(environ, service, _action(environ, service, body), {})
+                start_response(status, headers + [("Content-Length", str(len(payload)))])
+                return [payload]
             target = environ.get("HTTP_X_AMZ_TARGET", "")
             if not target.startswith("DynamoDB_"):
                 self._count(environ, service, _action(environ, service, body), {})
@@ -349,6 +357,67 @@ def _read_units(size: int, consistent: bool | None) -> float:
 _transactions_patched = False
 
 
+def _enforce_post_policies() -> None:
+    """S3 browser-form uploads (presigned POST) checked against their policy as S3 checks them: moto
+    stores whatever is posted. The signature is not checked; expiration, content-length-range and
+    the key's conditions are."""
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response, "_xjobs_post_policy", False):
+        return
+    original = S3Response._bucket_response_post
+
+    def checked(self, request, bucket_name):
+        encoded = (self.querystring.get("policy") or self.querystring.get("Policy") or [None])[0]
+        if encoded and "key" in self.querystring:
+            refusal = _post_policy_refusal(encoded, self.querystring["key"][0], len(self.body or b""))
+            if refusal:
+                status, code, message = refusal
+                body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+                return status, {"Content-Type": "application/xml"}, body
+        return original(self, request, bucket_name)
+
+    S3Response._bucket_response_post = checked
+    S3Response._xjobs_post_policy = True
+
+
+def _post_policy_refusal(encoded: str, key: str, size: int) -> tuple[int, str, str] | None:
+    import base64
+    from datetime import UTC, datetime
+
+    try:
+        policy = json.loads(base64.b64decode(encoded))
+        expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError):
+        return 400, "InvalidPolicyDocument", "Invalid Policy: Invalid JSON."
+    if expires < datetime.now(UTC):
+        return 403, "AccessDenied", "Invalid according to Policy: Policy expired."
+    for condition in policy.get("conditions", []):
+        if isinstance(condition, list) and condition[0] == "content-length-range":
+            low, high = int(condition[1]), int(condition[2])
+            if size > high:
+                return 400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"
+            if size < low:
+                return 400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size"
+        elif _key_condition_fails(condition, key):
+            return (
+                403,
+                "AccessDenied",
+                f"Invalid according to Policy: Policy Condition failed: {json.dumps(condition)}",
+            )
+    return None
+
+
+def _key_condition_fails(condition, key: str) -> bool:
+    if isinstance(condition, dict):
+        return "key" in condition and condition["key"] != key
+    if isinstance(condition, list) and len(condition) == 3 and condition[1] == "$key":
+        return (condition[0] == "eq" and condition[2] != key) or (
+            condition[0] == "starts-with" and not key.startswith(condition[2])
+        )
+    return False
+
+
 def _roll_back_transactions_item_by_item() -> None:
     """moto's transact_write_items with a rollback of the items it writes (see the module's docstring).
 
@@ -419,6 +488,7 @@ def _pay_moto_setup_costs_once() -> None:
     import functools
     import sys
 
+    import botocore.session
     from botocore.config import Config
     from moto import backends
     from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -438,7 +508,11 @@ def _pay_moto_setup_costs_once() -> None:
     def shared_client(region: str, service: str, state_credentials=None):
         with clients_lock:  # built once, not by every execution that starts at the same moment
             if (region, service) not in clients:
-                clients[(region, service)] = build_client(region, service, state_credentials)
+                client = build_client(region, service, state_credentials)
+                # moto gives it fixed keys; the process's credential provider instead, through which the
+                # local runtime signs a state machine's tasks with the state machine's role.
+                client._request_signer._credentials = botocore.session.Session().get_credentials()
+                clients[(region, service)] = client
             return clients[(region, service)]
 
     boto_client.boto_client_for = shared_client

@@ -29,13 +29,19 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
 SKIPPED_TYPES = {
-    "AWS::IAM::Role",
     "AWS::Lambda::Permission",
     "AWS::Lambda::LayerVersion",
     "AWS::Logs::LogGroup",
     "AWS::ApiGateway::Deployment",
     "AWS::ApiGateway::Stage",
-    "AWS::ApiGateway::UsagePlanKey",
+    # The bucket's TLS-only policy: the emulator is plain HTTP on loopback, so it would refuse everything.
+    "AWS::S3::BucketPolicy",
+    # Alarms and the dashboard read CloudWatch, which the local stack does not feed: the metrics they watch
+    # are counted from the functions' EMF lines instead (LambdaRuntime.metrics). Nothing e-mails locally.
+    "AWS::CloudWatch::Alarm",
+    "AWS::CloudWatch::Dashboard",
+    "AWS::SNS::Subscription",
+    "AWS::ApiGateway::Account",
 }
 
 
@@ -102,6 +108,24 @@ class Route:
     path: str  # with {placeholders}
     function: str  # logical id
     api_key_required: bool
+    authorizer: str | None = None  # name in the API's authorizers
+
+
+@dataclass
+class Authorizer:
+    """A Lambda authorizer as the OpenAPI body declares it (x-amazon-apigateway-authorizer)."""
+
+    function: str  # logical id
+    kind: str  # "request" or "token"
+    identity_sources: list[str]  # e.g. ["method.request.header.Authorization"]
+    ttl: int
+
+
+@dataclass
+class GatewayResponse:
+    status: int | None
+    templates: dict[str, str]
+    headers: dict[str, str]
 
 
 @dataclass
@@ -109,8 +133,10 @@ class ApiSpec:
     logical_id: str
     stage: str
     routes: list[Route]
-    rate_limit: float | None = None
-    burst_limit: int | None = None
+    authorizers: dict[str, Authorizer] = field(default_factory=dict)
+    gateway_responses: dict[str, GatewayResponse] = field(default_factory=dict)
+    binary_media_types: list[str] = field(default_factory=list)
+    api_key_source: str = "HEADER"  # or AUTHORIZER: the usage key is the authorizer's usageIdentifierKey
 
 
 @dataclass
@@ -125,6 +151,14 @@ class Provisioned:
     types: dict[str, str] = field(default_factory=dict)
     event_source_mappings: list[dict[str, Any]] = field(default_factory=list)  # resolved properties
     bucket_notifications: dict[str, dict] = field(default_factory=dict)  # bucket -> NotificationConfiguration
+    roles: dict[str, list[dict]] = field(default_factory=dict)  # role logical id -> its policy statements
+    principal_roles: dict[str, str] = field(default_factory=dict)  # function/state machine -> its role
+    secret_arns: dict[str, str] = field(default_factory=dict)  # secret name -> ARN
+    schedules: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # {LogicalId, Arn, ScheduleExpression, Functions}
+    # function logical id -> its EventInvokeConfig: {MaximumRetryAttempts, OnFailure (a destination ARN)}
+    invoke_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of_type(self, cfn_type: str) -> dict[str, str]:
         return {lid: self.physical[lid] for lid, t in self.types.items() if t == cfn_type}
@@ -258,23 +292,23 @@ class Provisioner:
     # ---- creation ----------------------------------------------------------------------------
     def provision(self) -> Provisioned:
         self._plan_names()
-        self.session.client("iam").create_role(
-            RoleName=f"{self.stack_name}-lambda",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}),
-        )
         order = [
             ("AWS::DynamoDB::Table", self._table),
             ("AWS::S3::Bucket", self._bucket),
             ("AWS::SNS::Topic", self._topic),
             ("AWS::SQS::Queue", self._queue),
             ("AWS::SecretsManager::Secret", self._secret),
+            ("AWS::IAM::Role", self._role),
             ("AWS::ApiGateway::ApiKey", self._api_key),
             ("AWS::Lambda::Function", self._function),
             ("AWS::S3::Bucket", self._bucket_notification),
             ("AWS::StepFunctions::StateMachine", self._state_machine),
             ("AWS::ApiGateway::RestApi", self._rest_api),
             ("AWS::ApiGateway::UsagePlan", self._usage_plan),
+            ("AWS::ApiGateway::UsagePlanKey", self._usage_plan_key),
             ("AWS::Lambda::EventSourceMapping", self._event_source_mapping),
+            ("AWS::Lambda::EventInvokeConfig", self._event_invoke_config),
+            ("AWS::Events::Rule", self._schedule),
         ]
         handled = {kind for kind, _ in order}
         # A queue with a dead-letter queue is created after it (its RedrivePolicy names it).
@@ -307,7 +341,14 @@ class Provisioner:
             ddb.update_time_to_live(TableName=args["TableName"], TimeToLiveSpecification=ttl)
 
     def _bucket(self, lid: str, props: dict) -> None:
-        self.session.client("s3").create_bucket(Bucket=self.out.physical[lid])
+        s3 = self.session.client("s3")
+        s3.create_bucket(Bucket=self.out.physical[lid])
+        rules = self.resolve(props.get("LifecycleConfiguration", {}).get("Rules"))
+        if rules:  # kept by the emulator (to be read back), not acted on: nothing expires locally
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=self.out.physical[lid],
+                LifecycleConfiguration={"Rules": [_lifecycle_rule(r) for r in rules]},
+            )
 
     def _bucket_notification(self, lid: str, props: dict) -> None:
         """The bucket's NotificationConfiguration, set once its target functions exist. moto decides which
@@ -322,7 +363,11 @@ class Provisioner:
         )
 
     def _topic(self, lid: str, props: dict) -> None:
-        self.session.client("sns").create_topic(Name=self.out.attributes[lid]["TopicName"])
+        props = self.resolve(props)
+        attributes = {"KmsMasterKeyId": props["KmsMasterKeyId"]} if "KmsMasterKeyId" in props else {}
+        self.session.client("sns").create_topic(
+            Name=self.out.attributes[lid]["TopicName"], Attributes=attributes
+        )
 
     def _queue(self, lid: str, props: dict) -> None:
         props = self.resolve(props)
@@ -347,6 +392,27 @@ class Provisioner:
             "ARN"
         ]
         self._set(lid, arn, Id=arn)
+        self.out.secret_arns[self._name(lid)] = arn
+
+    def _role(self, lid: str, props: dict) -> None:
+        """The role in moto's IAM (inline policies put, managed ones named); its statements are what
+        local/iam.py evaluates each of its requests against."""
+        from .iam import aws_managed_documents, statements_of
+
+        props = self.resolve(props)
+        name = self.out.physical[lid]
+        iam = self.session.client("iam")
+        iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(props.get("AssumeRolePolicyDocument", {}))
+        )
+        for policy in props.get("Policies", []):
+            iam.put_role_policy(
+                RoleName=name,
+                PolicyName=policy["PolicyName"],
+                # IAM takes a document without Version as 2008-10-17; moto takes only 2012-10-17.
+                PolicyDocument=json.dumps({"Version": "2012-10-17", **policy["PolicyDocument"]}),
+            )
+        self.out.roles[lid] = statements_of(props, aws_managed_documents())
 
     def _api_key(self, lid: str, props: dict) -> None:
         key = self.session.client("apigateway").create_api_key(
@@ -372,13 +438,14 @@ class Provisioner:
         self.session.client("lambda").create_function(
             FunctionName=name,
             Runtime=props.get("Runtime", "python3.12"),
-            Role=f"arn:aws:iam::{ACCOUNT}:role/{self.stack_name}-lambda",
+            Role=props["Role"],
             Handler=props["Handler"],
             Code={"ZipFile": archive.getvalue()},
             Timeout=int(props.get("Timeout", 3)),
             MemorySize=int(props.get("MemorySize", 128)),
         )
         reserved = props.get("ReservedConcurrentExecutions")
+        self._note_role(lid, props["Role"])
         self.out.functions[lid] = FunctionSpec(
             logical_id=lid,
             name=name,
@@ -391,8 +458,16 @@ class Provisioner:
             reserved_concurrency=None if reserved is None else int(reserved),
         )
 
+    def _note_role(self, lid: str, role_arn: str) -> None:
+        """Which of the template's roles a function or state machine runs as (none: a role from elsewhere)."""
+        roles = {self.out.attributes[role]["Arn"]: role for role in self.out.roles}
+        if role_arn in roles:
+            self.out.principal_roles[lid] = roles[role_arn]
+
     def _state_machine(self, lid: str, props: dict) -> None:
         definition = self.resolve(props["DefinitionString"])
+        role_arn = self.resolve(props["RoleArn"])
+        self._note_role(lid, role_arn)
         substitutions = self.resolve(props.get("DefinitionSubstitutions", {}))
         for key, value in substitutions.items():
             definition = definition.replace("${" + key + "}", str(value))
@@ -402,12 +477,32 @@ class Provisioner:
         self.session.client("stepfunctions").create_state_machine(
             name=self.out.attributes[lid]["Name"],
             definition=definition,
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/{self.stack_name}-lambda",
+            roleArn=role_arn,
             type=props.get("StateMachineType", "STANDARD"),
         )
 
     def _rest_api(self, lid: str, props: dict) -> None:
         body = props["Body"]
+        definitions = body.get("securityDefinitions", {})
+        authorizers = {}
+        for name, definition in definitions.items():
+            spec = definition.get("x-amazon-apigateway-authorizer")
+            if not spec:
+                continue
+            target = re.search(
+                r"\$\{(\w+)\.Arn\}|GetAtt.{0,6}\[\s*\"(\w+)\"", json.dumps(spec["authorizerUri"])
+            )
+            if not target:
+                raise TemplateError(f"{lid}: authorizer {name} is not a Lambda function of the template")
+            sources = spec.get("identitySource") or (
+                f"method.request.header.{definition['name']}" if spec.get("type") == "token" else ""
+            )
+            authorizers[name] = Authorizer(
+                function=target.group(1) or target.group(2),
+                kind=spec.get("type", "token"),
+                identity_sources=[s.strip() for s in sources.split(",") if s.strip()],
+                ttl=int(spec.get("authorizerResultTtlInSeconds", 300)),
+            )
         routes = []
         for path, methods in body.get("paths", {}).items():
             for method, spec in methods.items():
@@ -416,7 +511,20 @@ class Provisioner:
                 if not target:
                     raise TemplateError(f"{lid}: {method.upper()} {path} has no Lambda integration")
                 required = any("api_key" in s for s in spec.get("security", []))
-                routes.append(Route(method.upper(), path, target.group(1), required))
+                authorizer = next((n for s in spec.get("security", []) for n in s if n in authorizers), None)
+                routes.append(Route(method.upper(), path, target.group(1), required, authorizer))
+        responses = {
+            kind: GatewayResponse(
+                status=int(r["statusCode"]) if "statusCode" in r else None,
+                templates=dict(r.get("responseTemplates", {})),
+                headers={
+                    k.split(".")[-1]: v.strip("'")
+                    for k, v in r.get("responseParameters", {}).items()
+                    if k.startswith("gatewayresponse.header.")
+                },
+            )
+            for kind, r in body.get("x-amazon-apigateway-gateway-responses", {}).items()
+        }
         stage = next(
             (
                 r["Properties"]["StageName"]
@@ -425,18 +533,89 @@ class Provisioner:
             ),
             "prod",
         )
-        self.out.apis[lid] = ApiSpec(lid, stage, routes)
+        self.out.apis[lid] = ApiSpec(
+            lid,
+            stage,
+            routes,
+            authorizers=authorizers,
+            gateway_responses=responses,
+            binary_media_types=list(body.get("x-amazon-apigateway-binary-media-types", [])),
+            api_key_source=str(self.resolve(props.get("ApiKeySourceType", "HEADER"))),
+        )
 
     def _usage_plan(self, lid: str, props: dict) -> None:
-        props = self.resolve({k: v for k, v in props.items() if k != "ApiStages"})
-        throttle = props.get("Throttle", {})
-        for api in self.out.apis.values():
-            api.rate_limit = float(throttle["RateLimit"]) if "RateLimit" in throttle else None
-            api.burst_limit = int(throttle["BurstLimit"]) if "BurstLimit" in throttle else None
+        """Created in the emulator, where local/apigateway.py reads plans and their keys as API Gateway
+        meters them (so keys and plans made later with boto3 or the admin command apply at once)."""
+        props = self.resolve(props)
+        args: dict[str, Any] = {"name": self._name(lid)}
+        throttle, quota = props.get("Throttle", {}), props.get("Quota", {})
+        if throttle:
+            args["throttle"] = {
+                **({"rateLimit": float(throttle["RateLimit"])} if "RateLimit" in throttle else {}),
+                **({"burstLimit": int(throttle["BurstLimit"])} if "BurstLimit" in throttle else {}),
+            }
+        if quota:
+            args["quota"] = {"limit": int(quota["Limit"]), "period": quota.get("Period", "DAY")}
+        args["apiStages"] = [
+            {"apiId": str(s["ApiId"]), "stage": str(s["Stage"])} for s in props.get("ApiStages", [])
+        ]
+        plan = self.session.client("apigateway").create_usage_plan(**args)
+        self.out.physical[lid] = plan["id"]
+
+    def _usage_plan_key(self, lid: str, props: dict) -> None:
+        props = self.resolve(props)
+        self.session.client("apigateway").create_usage_plan_key(
+            usagePlanId=props["UsagePlanId"], keyId=props["KeyId"], keyType=props.get("KeyType", "API_KEY")
+        )
 
     def _event_source_mapping(self, lid: str, props: dict) -> None:
         # Not created in moto: its SQS mapping runs inside SendMessage. local/event_sources.py polls instead.
         self.out.event_source_mappings.append({"LogicalId": lid, **self.resolve(props)})
+
+    def _event_invoke_config(self, lid: str, props: dict) -> None:
+        """Recorded for the local runtime, which retries and delivers asynchronous invocations itself."""
+        props = self.resolve(props)
+        destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        self.out.invoke_configs[_function_of(self, props["FunctionName"])] = {
+            "MaximumRetryAttempts": int(props.get("MaximumRetryAttempts", 2)),
+            "OnFailure": destination,
+        }
+
+    def _schedule(self, lid: str, props: dict) -> None:
+        """A scheduled EventBridge rule: local/event_sources.py fires its Lambda targets on its rate."""
+        props = self.resolve(props)
+        if "ScheduleExpression" not in props:
+            raise TemplateError(f"{lid}: the local stack runs only scheduled EventBridge rules")
+        if str(props.get("State", "ENABLED")).upper() != "ENABLED":
+            return
+        self.out.schedules.append(
+            {
+                "LogicalId": lid,
+                "Arn": f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{self.out.physical[lid]}",
+                "ScheduleExpression": props["ScheduleExpression"],
+                "Functions": [_function_of(self, target["Arn"]) for target in props.get("Targets", [])],
+            }
+        )
+
+
+def _function_of(provisioner: "Provisioner", arn_or_name: str) -> str:
+    """The logical id of a function of the stack, from its ARN or name."""
+    name = str(arn_or_name).split(":function:")[-1].split(":")[0]
+    for lid, spec in provisioner.out.functions.items():
+        if spec.name == name:
+            return lid
+    raise TemplateError(f"no function of the stack is named {arn_or_name}")
+
+
+def _lifecycle_rule(rule: dict) -> dict:
+    """A CloudFormation lifecycle rule -> the S3 API's (the rule properties this template uses)."""
+    shaped = {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        shaped["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        days = int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+        shaped["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": days}
+    return shaped
 
 
 def _notification_api_shape(config: dict) -> dict:

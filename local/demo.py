@@ -43,7 +43,9 @@ def main() -> int:
 
 
 def run(stack: LocalStack) -> int:
-    api = httpx.Client(base_url=stack.api_url, headers={"x-api-key": stack.api_key}, timeout=30)
+    api = httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30
+    )
     print(
         f"API {stack.api_url}  |  AWS emulator {stack.aws_endpoint}  |  xAI {stack.info()['xai_base_url']}\n"
     )
@@ -131,9 +133,10 @@ def run_batch(api: httpx.Client) -> bool:
         }
         for i in range(BATCH_LINES)
     ]
-    upload = api.post("/v1/files", json={"purpose": "batch", "filename": "questions.jsonl"}).json()
     content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    httpx.put(upload["upload_url"], content=content, timeout=60).raise_for_status()
+    upload = api.post(
+        "/v1/files", files={"file": ("questions.jsonl", content)}, data={"purpose": "batch"}
+    ).json()
     batch = api.post("/v1/batches", json={"input_file_id": upload["id"]}).json()
     print(f"uploaded {len(content)} bytes as {upload['id']}; batch {batch['id']}")
     started = time.time()

@@ -24,14 +24,23 @@ rest as S3 does it: the event's shape and key encoding (s3_event), filter rules 
 as encoded in the event, and a multipart upload that notifies ObjectCreated:CompleteMultipartUpload only
 (moto also sends ObjectCreated:Put and ObjectTagging:Put). The local runtime invokes the function
 asynchronously (retried twice on error), so the S3 request never waits for it.
+
+Schedules. A scheduled EventBridge rule of the template (SAM's Schedule event) gets a thread that invokes
+its target functions asynchronously, with EventBridge's "Scheduled Event", every rate(N minutes|hours|
+days) and, locally only (EventBridge's finest rate is a minute), rate(N seconds). cron() is not run.
+
+On-failure destinations. deliver_failure sends the record of an asynchronous invocation that failed every
+attempt to its destination (an SQS queue, an SNS topic or a function), as Lambda does.
 """
 
 import base64
 import functools
 import json
 import logging
+import re
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from urllib.parse import quote_plus
 
@@ -257,28 +266,105 @@ def _lambda_message_attribute(value: dict) -> dict:
     return shaped
 
 
-class EventSources:
-    """The stack's pollers: one per enabled event source mapping of the template (SQS only)."""
+_RATE = re.compile(r"^rate\((\d+) (second|minute|hour|day)s?\)$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
-    def __init__(self, mappings: list[dict], runtime: LambdaRuntime, sqs):
+
+def rate_seconds(expression: str) -> float:
+    """The period of a rate() schedule expression, in seconds."""
+    match = _RATE.match(expression.strip())
+    if not match or int(match.group(1)) < 1:
+        raise TemplateError(f"the local stack runs rate(N unit) schedules only, not {expression!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class Schedule:
+    """A scheduled rule: invokes its functions asynchronously once per period, the first time one period
+    after the stack started (as a new rule first fires)."""
+
+    def __init__(self, rule: dict, runtime: LambdaRuntime):
+        self.rule = rule
+        self.period = rate_seconds(rule["ScheduleExpression"])
+        self.runtime = runtime
+        self.fired = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"schedule-{rule['LogicalId']}", daemon=True)
+
+    def start(self) -> "Schedule":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.fired += 1
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "account": ACCOUNT,
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": self.runtime_region,
+                "resources": [self.rule["Arn"]],
+                "detail": {},
+            }
+            for function in self.rule["Functions"]:
+                try:
+                    self.runtime.invoke_async(function, event)
+                except FunctionError as exc:
+                    log.warning("%s: %s not invoked: %s", self.rule["LogicalId"], function, exc)
+
+    @property
+    def runtime_region(self) -> str:
+        return self.rule["Arn"].split(":")[3]
+
+
+def deliver_failure(session, endpoint: str, runtime: LambdaRuntime, destination: str, record: dict) -> None:
+    """An on-failure destination gets the record of an event that failed every attempt."""
+    service = destination.split(":")[2]
+    body = json.dumps(record)
+    if service == "sqs":
+        _, _, _, region, account, name = destination.split(":")
+        sqs = session.client("sqs", endpoint_url=endpoint)
+        url = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    elif service == "sns":
+        session.client("sns", endpoint_url=endpoint).publish(TopicArn=destination, Message=body)
+    elif service == "lambda":
+        runtime.invoke_async(destination, record)
+    else:
+        raise TemplateError(f"the local stack cannot deliver to the destination {destination}")
+
+
+class EventSources:
+    """The stack's pollers (one per enabled SQS event source mapping) and schedules."""
+
+    def __init__(self, mappings: list[dict], runtime: LambdaRuntime, sqs, schedules: list[dict] = ()):
         self.pollers: list[SqsPoller] = []
         for mapping in mappings:
             if not str(mapping.get("EventSourceArn", "")).startswith("arn:aws:sqs:"):
                 raise TemplateError(f"{mapping.get('LogicalId')}: the local stack polls only SQS queues")
             if str(mapping.get("Enabled", True)).lower() != "false":
                 self.pollers.append(SqsPoller(mapping, runtime, sqs))
+        self.schedules = [Schedule(rule, runtime) for rule in schedules]
 
     def start(self) -> "EventSources":
-        for poller in self.pollers:
-            poller.start()
+        for source in [*self.pollers, *self.schedules]:
+            source.start()
         return self
 
     def stop(self, timeout: float = LONG_POLL_SECONDS + 4) -> None:
-        for poller in self.pollers:
-            poller.stop()
+        for source in [*self.schedules, *self.pollers]:
+            source.stop()
         deadline = time.monotonic() + timeout
-        for poller in self.pollers:
-            poller.join(max(0.0, deadline - time.monotonic()))
+        for source in [*self.schedules, *self.pollers]:
+            source.join(max(0.0, deadline - time.monotonic()))
 
 
 # ---- S3 events ---------------------------------------------------------------------------------

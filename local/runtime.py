@@ -16,6 +16,21 @@ per-thread, i.e. per environment (see _isolate_powertools_router_state).
 
 moto's Lambda invoke is routed here, so Step Functions (synchronous) and S3 or SNS (asynchronous, as in
 AWS) in the emulator call the real handlers.
+
+Asynchronous invocations are retried as the function's EventInvokeConfig says (MaximumRetryAttempts, else
+twice) and, once every attempt failed, delivered to its on-failure destination with the record Lambda
+sends there (``on_failure`` does the delivery; local/event_sources.py provides it).
+
+Metrics. Powertools writes CloudWatch metrics as EMF JSON lines on stdout, which CloudWatch Logs turns into
+metrics on AWS. Here the print of those lines is intercepted: each line is parsed and counted in
+``metrics`` (an EmfMetrics), attributed to the function whose environment printed it, so tests and tools
+read what CloudWatch would have got. The lines are not echoed unless XJOBS_LOCAL_EMF=1.
+
+Credentials. Each function calls AWS as its execution role (see local/iam.py): every botocore client of
+this process resolves its credentials when it signs, from the thread that signs. An environment's thread,
+and the thread-pool work it submits, sign with its function's role credentials (use_role_credentials),
+moto's Step Functions interpreter invokes a state machine's Lambda tasks with the state machine's role,
+and any other thread signs with the process's own (the environment's AWS_ACCESS_KEY_ID: the operator's).
 """
 
 import importlib.util
@@ -28,7 +43,12 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import botocore.session
+from botocore.credentials import Credentials, ReadOnlyCredentials
 
 from .cloudformation import ROOT, FunctionSpec, TemplateError
 
@@ -43,6 +63,88 @@ SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024  # bytes of a synchronous invocation's even
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024  # bytes of an asynchronous invocation's event (1 MB since October 2025)
 
 log = logging.getLogger("xjobs.local.runtime")
+
+
+@dataclass
+class EmfPoint:
+    name: str
+    value: float
+    unit: str
+    dimensions: dict[str, str]  # every dimension value the line carries
+    function: str | None  # the logical id of the function that printed it, when known
+
+
+class EmfMetrics:
+    """The metrics of the EMF lines the functions printed, as CloudWatch would extract them."""
+
+    def __init__(self):
+        self.points: list[EmfPoint] = []
+        self._lock = threading.Lock()
+
+    def add_line(self, text: str, function: str | None) -> bool:
+        """Count an EMF line; False if the text is not one."""
+        try:
+            document = json.loads(text)
+            definitions = document["_aws"]["CloudWatchMetrics"]
+        except (ValueError, TypeError, KeyError):
+            return False
+        points = []
+        for definition in definitions:
+            names = {name for dimension_set in definition.get("Dimensions", []) for name in dimension_set}
+            dimensions = {name: str(document[name]) for name in names if name in document}
+            for metric in definition.get("Metrics", []):
+                values = document.get(metric["Name"])
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, int | float):
+                        points.append(
+                            EmfPoint(
+                                metric["Name"], float(value), metric.get("Unit", ""), dimensions, function
+                            )
+                        )
+        with self._lock:
+            self.points.extend(points)
+        return True
+
+    def matching(self, name: str, function: str | None = None, **dimensions: str) -> list[EmfPoint]:
+        """The data points of ``name`` that carry these dimension values (and came from ``function``)."""
+        with self._lock:
+            points = list(self.points)
+        return [
+            p
+            for p in points
+            if p.name == name
+            and (function is None or p.function == function)
+            and all(p.dimensions.get(k) == str(v) for k, v in dimensions.items())
+        ]
+
+    def sum(self, name: str, function: str | None = None, **dimensions: str) -> float:
+        return sum(p.value for p in self.matching(name, function, **dimensions))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.points.clear()
+
+
+_emf_sink: EmfMetrics | None = None
+_print = print
+
+
+def _capture_emf_print(*args, **kwargs) -> None:
+    """Powertools' print of an EMF line (its metric modules' `print`), parsed and counted locally."""
+    text = " ".join(str(a) for a in args)
+    sink = _emf_sink
+    counted = sink is not None and sink.add_line(text, current_principal())
+    if not counted or os.environ.get("XJOBS_LOCAL_EMF"):
+        _print(*args, **kwargs)
+
+
+def _intercept_emf() -> None:
+    """Shadow the builtin print in the Powertools modules that print EMF lines (idempotent)."""
+    from aws_lambda_powertools.metrics import base
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf import cloudwatch
+
+    for module in (base, cloudwatch):
+        module.print = _capture_emf_print
 
 
 class FunctionError(RuntimeError):
@@ -111,6 +213,7 @@ class _Environment:
         self._requests.put(None)
 
     def _serve(self) -> None:
+        _identity.principal = self.spec.logical_id
         while (invocation := self._requests.get()) is not None:
             if self.handler is None:
                 try:
@@ -209,7 +312,15 @@ class LambdaRuntime:
         self._pools = {lid: _Pool(spec, self.stats[lid]) for lid, spec in functions.items()}
         self._lock = threading.Lock()
         self.fail_next: dict[str, list[str]] = {}  # logical id -> injected crash messages
+        self._faults: dict[str, list[str]] = {}  # logical id -> injected faults, next first (see inject)
         self.async_retry_delays = ASYNC_RETRY_DELAYS
+        self.invoke_configs: dict[str, dict] = {}  # logical id -> {MaximumRetryAttempts, OnFailure}
+        # Delivers a failed asynchronous event's record to an on-failure destination: (ARN, record).
+        self.on_failure = None
+        self.metrics = EmfMetrics()
+        global _emf_sink
+        _emf_sink = self.metrics
+        _intercept_emf()
         self._async_pending = 0
         self._stopping = threading.Event()
         _isolate_powertools_router_state()
@@ -235,6 +346,25 @@ class LambdaRuntime:
             raise FunctionError("ResourceNotFoundException", f"Function not found: {logical_id_or_name}")
         return spec
 
+    FAULTS = ("throttle", "timeout", "crash")
+
+    def inject(self, logical_id: str, fault: str, times: int = 1) -> None:
+        """Make the function's next `times` invocations fail as AWS can make them fail:
+        "throttle": refused with TooManyRequestsException before it runs (no environment was free);
+        "timeout": the handler runs to its end, but the caller gets Sandbox.Timedout, as when a
+        function is stopped after its side effects and before its reply;
+        "crash": the handler raises RuntimeError before doing anything."""
+        if fault not in self.FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(self.FAULTS)}")
+        self.spec(logical_id)
+        with self._lock:
+            self._faults.setdefault(logical_id, []).extend([fault] * times)
+
+    def _next_fault(self, logical_id: str) -> str | None:
+        with self._lock:
+            faults = self._faults.get(logical_id)
+            return faults.pop(0) if faults else None
+
     def invoke(self, logical_id_or_name: str, event: dict, *, request_id: str | None = None):
         """One synchronous invocation with the function's timeout. Raises FunctionError as Lambda would
         report it: the handler's exception, Sandbox.Timedout, or TooManyRequestsException (throttled)."""
@@ -242,10 +372,17 @@ class LambdaRuntime:
         pool = self._pools[spec.logical_id]
         stats = self.stats[spec.logical_id]
         payload = json.loads(_serialized(event, SYNC_PAYLOAD_LIMIT))  # what Lambda delivers: a copy
+        fault = self._next_fault(spec.logical_id)
+        if fault == "throttle":
+            with self._lock:
+                stats.throttles += 1
+            raise FunctionError("TooManyRequestsException", "Rate Exceeded.")
         environment = pool.acquire()
         with self._lock:
             crashes = self.fail_next.get(spec.logical_id)
             crash = crashes.pop(0) if crashes else None
+        if fault == "crash":
+            crash = "injected crash"
         context = LambdaContext(
             function_name=spec.name,
             memory_limit_in_mb=spec.memory,
@@ -263,9 +400,9 @@ class LambdaRuntime:
         with self._lock:
             stats.count += 1
             stats.billed_ms += (time.time() - started) * 1000
-            if not finished or invocation.error is not None:
+            if not finished or invocation.error is not None or fault == "timeout":
                 stats.errors += 1
-        if not finished:
+        if not finished or fault == "timeout":
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
         if invocation.error is not None:
             exc = invocation.error
@@ -313,31 +450,77 @@ class LambdaRuntime:
             return self._async_pending
 
     def _run_async(self, spec: FunctionSpec, event: dict, request_id: str) -> None:
+        config = self.invoke_configs.get(spec.logical_id, {})
+        retries = list(self.async_retry_delays)[
+            : config.get("MaximumRetryAttempts", len(self.async_retry_delays))
+        ]
+        attempts = 0
         try:
-            retries = list(self.async_retry_delays)
             while not self._stopping.is_set():
                 try:
+                    attempts += 1
                     self.invoke(spec.logical_id, event, request_id=request_id)
                     return
                 except FunctionError as exc:
                     if exc.error_type == "TooManyRequestsException":
+                        attempts -= 1  # a throttled event waits in the queue: not an attempt
                         self._stopping.wait(ASYNC_THROTTLE_BACKOFF)
                         continue
                     if not retries:
-                        log.warning(
-                            "%s: event %s dropped after retries: %s", spec.logical_id, request_id, exc
-                        )
+                        self._failed(spec, event, request_id, exc, attempts, config.get("OnFailure"))
                         return
                     self._stopping.wait(retries.pop(0))
         finally:
             with self._lock:
                 self._async_pending -= 1
 
+    def _failed(
+        self, spec: FunctionSpec, event: dict, request_id: str, exc: FunctionError, attempts: int, destination
+    ) -> None:
+        """Every attempt failed: the on-failure destination gets the record Lambda sends, or it is dropped."""
+        if not destination or self.on_failure is None:
+            log.warning("%s: event %s dropped after retries: %s", spec.logical_id, request_id, exc)
+            return
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "requestContext": {
+                "requestId": request_id,
+                "functionArn": f"{spec.arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "responsePayload": {"errorType": exc.error_type, "errorMessage": exc.message},
+        }
+        try:
+            self.on_failure(destination, record)
+        except Exception:
+            log.exception(
+                "%s: event %s could not reach its on-failure destination", spec.logical_id, request_id
+            )
+
     def stop(self) -> None:
         """Ends pending asynchronous retries and the idle environments' threads."""
         self._stopping.set()
         for pool in self._pools.values():
             pool.retire_all()
+
+    def use_role_credentials(
+        self, credentials: dict[str, ReadOnlyCredentials], state_machines: dict[str, str]
+    ) -> None:
+        """Function or state machine logical id -> the credentials it signs with (its role's, from STS);
+        state_machines: state machine ARN -> logical id."""
+        _role_credentials.clear()
+        _role_credentials.update(credentials)
+        _state_machines.clear()
+        _state_machines.update(state_machines)
+        _sign_as_the_running_principal()
 
     def patch_moto(self) -> None:
         """Route moto's Lambda invocations to the in-process handlers: Invoke (Step Functions, boto3) runs
@@ -395,6 +578,82 @@ def _serialized(event: dict, limit: int) -> str:
             "RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes for the operation"
         )
     return text
+
+
+_identity = threading.local()  # .principal: logical id of the function or state machine the thread works for
+_role_credentials: dict[str, ReadOnlyCredentials] = {}
+_state_machines: dict[str, str] = {}  # ARN -> logical id
+
+
+def current_principal() -> str | None:
+    return getattr(_identity, "principal", None)
+
+
+def _as_principal(principal: str | None, fn, *args, **kwargs):
+    before = current_principal()
+    _identity.principal = principal
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _identity.principal = before
+
+
+class _RunningPrincipalCredentials(Credentials):
+    """Credentials looked up at signing time: the role's of the function (or state machine) the signing
+    thread works for, else the process's own from the environment."""
+
+    def __init__(self):
+        self.method = "xjobs-local-runtime"
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        principal = current_principal()
+        if principal in _role_credentials:
+            return _role_credentials[principal]
+        environ = os.environ
+        return ReadOnlyCredentials(
+            environ.get("AWS_ACCESS_KEY_ID"),
+            environ.get("AWS_SECRET_ACCESS_KEY"),
+            environ.get("AWS_SESSION_TOKEN"),
+        )
+
+    access_key = property(lambda self: self.get_frozen_credentials().access_key)
+    secret_key = property(lambda self: self.get_frozen_credentials().secret_key)
+    token = property(lambda self: self.get_frozen_credentials().token)
+
+
+def _sign_as_the_running_principal() -> None:
+    """Every botocore session of the process hands out _RunningPrincipalCredentials (clients given
+    explicit keys keep them); work a function submits to a thread pool keeps the function's identity; a
+    state machine's Lambda tasks run as the state machine."""
+    if getattr(botocore.session.Session.get_credentials, "_xjobs", False):
+        return
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    credentials = _RunningPrincipalCredentials()
+
+    def get_credentials(self):
+        return credentials
+
+    get_credentials._xjobs = True
+    botocore.session.Session.get_credentials = get_credentials
+
+    submit = ThreadPoolExecutor.submit
+
+    def submit_as_principal(self, fn, /, *args, **kwargs):
+        principal = current_principal()
+        if principal is None:
+            return submit(self, fn, *args, **kwargs)
+        return submit(self, _as_principal, principal, fn, *args, **kwargs)
+
+    ThreadPoolExecutor.submit = submit_as_principal
+
+    invoke = lambda_eval_utils.execute_lambda_function_integration
+
+    def invoke_as_state_machine(env, *args, **kwargs):
+        arn = env.states.context_object.context_object_data["StateMachine"]["Id"]
+        return _as_principal(_state_machines.get(arn), invoke, env, *args, **kwargs)
+
+    lambda_eval_utils.execute_lambda_function_integration = invoke_as_state_machine
 
 
 _router_state = threading.local()

@@ -10,10 +10,12 @@ XAI_API_KEY name a real endpoint, the xAI simulator. Everything it started is de
 
     stack = LocalStack(template=Path("tests/local/fixtures/template.yaml")).start()
     stack.runtime.stats["WorkerFunction"]   # count, errors, throttles, max_concurrency, ...
+    stack.metrics.sum("JobsFinished", Status="completed")   # counted from the functions' EMF lines
     stack.stop()                            # pollers, API, emulator, simulator
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -26,11 +28,13 @@ from pathlib import Path
 import boto3
 import httpx
 from botocore.config import Config
+from botocore.credentials import ReadOnlyCredentials
 
 from . import event_sources
 from .apigateway import ApiGateway
-from .cloudformation import REGION, ROOT, TEMPLATE, Provisioner, parameter_names, translate
+from .cloudformation import ACCOUNT, REGION, ROOT, TEMPLATE, Provisioner, parameter_names, translate
 from .event_sources import EventSources
+from .iam import Authorizer, Principal
 from .runtime import LambdaRuntime
 from .xai_simulator import SimulatorConfig, XaiSimulator
 
@@ -72,6 +76,8 @@ class LocalStack:
         self.simulator: XaiSimulator | None = None
         self.gateways: dict[str, ApiGateway] = {}
         self.event_sources: EventSources | None = None
+        self.tenant: str | None = None  # the tenant created at start, and its key
+        self.api_key: str | None = None
 
     def start(self) -> "LocalStack":
         from .aws_emulator import AwsEmulator
@@ -107,7 +113,12 @@ class LocalStack:
         ).raise_for_status()
         self.session = boto3.session.Session(region_name=REGION)
 
-        parameters = {"XaiBaseUrl": xai_url, "AllowHttpWebhooks": "true", "LogLevel": "WARNING"}
+        parameters = {
+            "XaiBaseUrl": xai_url,
+            "AllowHttpWebhooks": "true",
+            "AllowLoopbackWebhooks": "true",
+            "LogLevel": "WARNING",
+        }
         if self.upstream_callbacks:
             # The callback URL goes into the template, so the API's port is chosen before it is served.
             self.api_port = self.api_port or _free_port()
@@ -128,7 +139,12 @@ class LocalStack:
         }
 
         self.runtime = LambdaRuntime(self.resources.functions)
+        self.runtime.invoke_configs = self.resources.invoke_configs
+        self.runtime.on_failure = functools.partial(
+            event_sources.deliver_failure, self.session, self.aws_endpoint, self.runtime
+        )
         self.runtime.install_environment({})
+        self.iam = self._enforce_roles()
         self.runtime.patch_moto()
         event_sources.patch_moto()
         # One SQS client for every poller and batch in flight, so a pool as large as they may need.
@@ -137,7 +153,9 @@ class LocalStack:
             endpoint_url=self.aws_endpoint,
             config=Config(max_pool_connections=EVENT_SOURCE_CONNECTIONS),
         )
-        self.event_sources = EventSources(self.resources.event_source_mappings, self.runtime, sqs).start()
+        self.event_sources = EventSources(
+            self.resources.event_source_mappings, self.runtime, sqs, self.resources.schedules
+        ).start()
         for lid, api in self.resources.apis.items():
             port = self.api_port if len(self.resources.apis) == 1 else 0
             self.gateways[lid] = ApiGateway(
@@ -146,10 +164,31 @@ class LocalStack:
 
         if self.gateways:
             self.outputs["ApiUrl"] = self.api_url
+        if "TenantsTableName" in self.outputs:
+            self.tenant, self.api_key = self.create_tenant(name="local")
         self.inbox_url = self._subscribe_inbox()
         if self.state_file:
             self.state_file.write_text(json.dumps(self.info(), indent=2) + "\n")
         return self
+
+    def _enforce_roles(self) -> Authorizer:
+        """Each function, and each state machine's Lambda tasks, sign with credentials of their own role
+        (STS AssumeRole in moto), and the emulator refuses what the role's policies do not allow
+        (local/iam.py)."""
+        sts = self.client("sts")
+        authorizer = Authorizer(REGION, ACCOUNT, secret_arns=self.resources.secret_arns)
+        credentials = {}
+        for lid, role in self.resources.principal_roles.items():
+            role_arn = self.resources.attributes[role]["Arn"]
+            issued = sts.assume_role(RoleArn=role_arn, RoleSessionName=lid[:64])["Credentials"]
+            credentials[lid] = ReadOnlyCredentials(
+                issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"]
+            )
+            authorizer.principals[issued["AccessKeyId"]] = Principal(lid, role, self.resources.roles[role])
+        state_machines = self.resources.of_type("AWS::StepFunctions::StateMachine")
+        self.runtime.use_role_credentials(credentials, {arn: lid for lid, arn in state_machines.items()})
+        self.moto.authorizer = authorizer
+        return authorizer
 
     def _subscribe_inbox(self) -> str:
         """A queue subscribed to every topic, so a local user (and the tests) can read what SNS sent."""
@@ -162,6 +201,11 @@ class LocalStack:
             )
         return url
 
+    @property
+    def metrics(self):
+        """The CloudWatch metrics the functions emitted (EMF lines), counted: see local/runtime.py."""
+        return self.runtime.metrics
+
     def client(self, service: str):
         return self.session.client(service, endpoint_url=self.aws_endpoint)
 
@@ -170,15 +214,24 @@ class LocalStack:
         gateway = next(iter(self.gateways.values()), None)
         return f"{gateway.url}/{gateway.api.stage}" if gateway else None
 
-    @property
-    def api_key(self) -> str | None:
-        return next(iter(self.resources.api_keys.values()), {}).get("value")
+    def admin(self):
+        """The deployment as `python -m xjobs.admin` sees it (tenants, keys, limits)."""
+        from xjobs import admin
+
+        return admin.from_outputs(self.outputs, self.client("apigateway"))
+
+    def create_tenant(self, name: str = "") -> tuple[str, str]:
+        """A new tenant and its first API key, as `python -m xjobs.admin tenants create` makes them."""
+        from xjobs import admin
+
+        tenant, key = admin.create_tenant(self.admin(), name=name)
+        return tenant["tenant"], key
 
     def info(self) -> dict:
         return {
             "api_url": self.api_url,
             "api_key": self.api_key,
-            "api_key_id": next(iter(self.resources.api_keys.values()), {}).get("id"),
+            "tenant": self.tenant,
             "aws_endpoint": self.aws_endpoint,
             "region": REGION,
             "xai_base_url": self.parameter_values.get("XaiBaseUrl"),
@@ -225,13 +278,13 @@ def main() -> None:
         f"""xjobs local stack is up.
 
   API:          {info["api_url"]}
-  API key:      {info["api_key"]}
+  API key:      {info["api_key"]}   (tenant {info["tenant"]}; more: python -m xjobs.admin --help)
   AWS emulator: {info["aws_endpoint"]}   (region {info["region"]}, any access key)
   xAI:          {info["xai_base_url"]}{"  (simulator)" if info["xai_simulator"] else ""}
   SNS inbox:    {info["inbox_queue_url"]}
 
 Try:
-  curl -s -X POST {info["api_url"]}/v1/videos/generations -H 'x-api-key: {info["api_key"]}' \\
+  curl -s -X POST {info["api_url"]}/v1/videos/generations -H 'Authorization: Bearer {info["api_key"]}' \\
        -H 'Content-Type: application/json' -d '{{"prompt": "a cat surfing a wave", "duration": 5}}'
 
 Everything above is in {STATE_FILE.name}. Ctrl-C stops the stack.""",

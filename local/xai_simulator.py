@@ -1,9 +1,15 @@
 """A local HTTP server that speaks the xAI REST API, for tests and benchmarks.
 
-It serves chat completions (also deferred), the Responses API, video generations and edits with status
-polling, rate limits answered with 429 + Retry-After + x-ratelimit-* headers, latency distributions and
-injected faults, and it logs every /v1 call so tests can count them. `/sim/*` endpoints let another
-process read the log and change the behaviour. Standard library only.
+By default it answers as xAI does (its OpenAPI spec, its official SDK, live captures): chat completions
+(also deferred), the Responses API, video generations and edits with status polling, per-second rate
+limits answered with a bare 429 (no Retry-After, no x-ratelimit-*), flat error bodies
+``{"code": "<gRPC status sentence>", "error": "<text>"}``, a "credits exhausted" mode, latency
+distributions and injected faults. Conveniences xAI does not offer (rate-limit headers, Retry-After,
+a video cancel route, upstream callbacks, the seed documents' shapes) are SimulatorConfig options,
+off by default. It logs every /v1 call so tests can count them, with where the call broke xAI's
+contract (local/xai_contract: the request against xAI's schemas, the answer's route, headers and
+body); `/sim/*` endpoints let another process read the log and change the behaviour. Standard
+library and jsonschema only.
 
     python -m local.xai_simulator --port 8787 --api-key sim-key --video-duration 2 --rpm 600
 """
@@ -33,12 +39,20 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import xai_contract
+
 # Recorded as CallRecord.tenant_header, so tests can check which tenant a call was made for.
 TENANT_HEADER = "X-Xjobs-Tenant"
 
-DEFAULT_VIDEO_SECONDS = 6
+DEFAULT_VIDEO_SECONDS = 8
 USD_TICKS = 10**10
 VIDEO_USD_PER_SECOND = {"480p": 0.05, "720p": 0.07, "1080p": 0.10}
+CHAT_USD_PER_TOKEN = (0.20 / 10**6, 0.50 / 10**6)  # prompt, completion
+VIDEO_MODELS = ("grok-imagine-video", "grok-imagine-video-1.5")
+HD_VIDEO_MODELS = ("grok-imagine-video-1.5",)  # the only one rendering 1080p
+ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
+RESOLUTIONS = ("480p", "720p", "1080p")
+MODERATED_MESSAGE = "Generated video rejected by content moderation."
 
 
 @dataclass
@@ -50,20 +64,35 @@ class SimulatorConfig:
     video_duration_sigma: float = 0.5
     video_submit_latency: float = 0.0  # seconds a video submit takes to be answered
     deferred_chat_duration: float = 0.5
+    # How a video ends: failed (200, status "failed"), moderated (the poll answers 400, billed),
+    # expired (200, status "expired"), else done.
     video_failure_rate: float = 0.0
+    video_moderation_rate: float = 0.0
+    video_expired_rate: float = 0.0
+    # A pending video answers 202 with {"status": "pending", "progress": N} this often, else empty.
+    video_pending_body_rate: float = 0.5
+    # xAI's limits are given per minute but enforced per second (RPM/60, TPM/60): no minute-sized burst.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
-    video_requests_per_second: int = 0
+    video_requests_per_second: int = 1
+    # Every /v1 call answers the billing error while on; its status is 429 (older captures) or 403.
+    credits_exhausted: bool = False
+    credits_exhausted_status: int = 429
     error_500_rate: float = 0.0
     error_503_rate: float = 0.0
     hang_rate: float = 0.0
     hang_seconds: float = 30.0
-    seed_shapes: bool = False
-    callbacks: bool = False
     random_seed: int | None = None
+    # Extensions: behaviour xAI does not have, for tests and benchmarks that ask for it explicitly.
+    rate_limit_headers: bool = False  # x-ratelimit-{limit,remaining,reset}-{requests,tokens}
+    retry_after: bool = False  # Retry-After on rate-limit 429s
+    video_cancel: bool = False  # POST /v1/videos/{id}/cancel
+    callbacks: bool = False  # POST {"request_id", "status"} to a request's callback_url when it ends
+    seed_shapes: bool = False  # the seed documents' OpenAI-style video shapes
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
+EXTENSIONS = ("rate_limit_headers", "retry_after", "video_cancel", "callbacks", "seed_shapes")
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,10 @@ class CallRecord:
     body: dict | None
     request_id: str | None
     tenant_header: str | None
+    # Where the request, or the simulator's answer, broke xAI's contract (local/xai_contract) with the
+    # options that were on.
+    request_violations: tuple[str, ...] = ()
+    answer_violations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -92,17 +125,33 @@ class _Reply:
         return json.dumps(self.body).encode()
 
 
-def _error_reply(
-    status: int,
-    message: str,
-    kind: str = "invalid_request_error",
-    code: Any = None,
-    headers: dict[str, str] | None = None,
-) -> _Reply:
-    error: dict[str, Any] = {"message": message, "type": kind}
-    if code is not None:
-        error["code"] = code
-    return _Reply(status, {"error": error}, headers or {})
+# xAI names the gRPC status behind an HTTP error with its standard description.
+GRPC_SENTENCES = {
+    400: "Client specified an invalid argument",
+    401: "The request does not have valid authentication credentials",
+    403: "The caller does not have permission to execute the specified operation",
+    404: "Some requested entity was not found",
+    405: "Operation is not implemented or not supported",
+    409: "The system is not in a state required for the operation's execution",
+    429: "Some resource has been exhausted",
+    500: "Internal error",
+    503: "The service is currently unavailable",
+    504: "Deadline expired before operation could complete",
+}
+BILLING_MESSAGE = (
+    "Your team {team} has either used all available credits or reached its monthly spending limit. "
+    "To continue making API requests, please purchase more credits or raise your spending limit."
+)
+
+
+def _error_reply(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> _Reply:
+    """xAI's flat error body: {"code": <gRPC sentence>, "error": <text>} (plus e.g. "usage")."""
+    body = {"code": GRPC_SENTENCES.get(status, "Unknown error"), "error": message, **extra}
+    return _Reply(status, body, headers or {})
+
+
+def _plain_reply(status: int, text: str) -> _Reply:
+    return _Reply(status, text.encode(), content_type="text/plain; charset=utf-8")
 
 
 class _ApiError(Exception):
@@ -114,7 +163,7 @@ class _ApiError(Exception):
 
 
 def _invalid(field: str, problem: str) -> _ApiError:
-    return _ApiError(_error_reply(400, f"{field}: {problem}", code="invalid_argument"))
+    return _ApiError(_error_reply(400, f"{field}: {problem}"))
 
 
 class _DropConnection(Exception):
@@ -137,8 +186,10 @@ class _Request:
     request_id: str | None = None
 
     def json(self) -> dict:
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            raise _ApiError(_plain_reply(415, "Expected request with `Content-Type: application/json`"))
         if self.body_error:
-            raise _ApiError(_error_reply(400, self.body_error, code="invalid_json"))
+            raise _ApiError(_plain_reply(400, self.body_error))
         return self.body
 
 
@@ -149,7 +200,7 @@ class _Job:
     model: str
     created: float
     finish_time: float  # wall clock, scheduled when the job was created
-    fails: bool
+    outcome: str  # "done" | "failed" | "moderated" | "expired"
     duration: int = 0
     resolution: str = "480p"
     result: dict | None = None
@@ -162,7 +213,13 @@ class _Job:
             return "cancelled"
         if now < self.finish_time:
             return "pending"
-        return "failed" if self.fails else "done"
+        return self.outcome
+
+    def cost_ticks(self) -> int:
+        """What xAI bills for the video: its seconds at its resolution's price, moderated or not."""
+        if self.kind != "video" or self.outcome not in ("done", "moderated"):
+            return 0
+        return round(self.duration * VIDEO_USD_PER_SECOND.get(self.resolution, 0.05) * USD_TICKS)
 
     def progress(self, now: float) -> int:
         span = self.finish_time - self.created
@@ -203,6 +260,35 @@ class _SlidingWindow:
     def add(self, now: float, amount: int) -> None:
         self.entries.append((now, amount))
         self.used += amount
+
+
+class _Bucket:
+    """A per-second budget: it refills at `rate` a second up to one second's worth (at least one unit),
+    so nothing saved up over a minute can go out in a burst (xAI: "you cannot spend a full minute's
+    requests in a single second")."""
+
+    def __init__(self) -> None:
+        self.level: float | None = None
+        self.at = 0.0
+
+    def refill(self, now: float, rate: float) -> None:
+        capacity = max(1.0, rate)
+        elapsed = now - self.at
+        self.level = capacity if self.level is None else min(capacity, self.level + elapsed * rate)
+        self.at = now
+
+    def wait_for(self, now: float, amount: float, rate: float) -> float:
+        """Seconds until `amount` may go. An amount above one second's budget goes alone, when the
+        budget is full, and leaves a debt the next seconds repay."""
+        self.refill(now, rate)
+        need = min(amount, max(1.0, rate))
+        return 0.0 if self.level >= need - 1e-9 else (need - self.level) / rate
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+    def full_in(self, rate: float) -> float:
+        return max(0.0, (max(1.0, rate) - (self.level or 0.0)) / rate)
 
 
 class _Scheduler:
@@ -254,14 +340,25 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _undeserializable(problem: str) -> _ApiError:
+    """xAI answers a body it cannot read into its request type with a plain-text 422."""
+    return _ApiError(
+        _plain_reply(422, f"Failed to deserialize the JSON body into the target type: {problem}")
+    )
+
+
 def _check_messages(messages: Any, field: str) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
+    if messages is None:
+        raise _undeserializable(f"missing field `{field}`")
+    if not isinstance(messages, list):
+        raise _undeserializable(f"{field}: invalid type, expected a sequence")
+    if not messages:
         raise _invalid(field, "must be a non-empty list of messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _invalid(f"{field}[{i}].role", "is required and must be a string")
+            raise _undeserializable(f"{field}[{i}]: missing field `role`")
         if not isinstance(message.get("content"), str | list):
-            raise _invalid(f"{field}[{i}].content", "is required and must be a string or a list of parts")
+            raise _undeserializable(f"{field}[{i}].content: expected a string or a list of parts")
     return messages
 
 
@@ -269,9 +366,34 @@ def _optional_positive_int(body: dict, field: str) -> int | None:
     value = body.get(field)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _undeserializable(f"{field}: invalid type: {type(value).__name__}, expected an integer")
+    if value < 1:
         raise _invalid(field, "must be a positive integer")
     return value
+
+
+def _is_reasoning(model: str) -> bool:
+    if "non-reasoning" in model:
+        return False
+    return model.startswith(("grok-3-mini", "grok-4", "grok-code"))
+
+
+def _check_parameters(model: str, body: dict) -> None:
+    """The per-model rejections xAI answers with 400 (its docs and live captures)."""
+    unsupported = []
+    if body.get("presence_penalty") is not None and (model.startswith("grok-3") or _is_reasoning(model)):
+        unsupported.append("presencePenalty")
+    if _is_reasoning(model):
+        unsupported += [
+            name
+            for field, name in (("frequency_penalty", "frequencyPenalty"), ("stop", "stop"))
+            if body.get(field) is not None
+        ]
+    if body.get("reasoning_effort") is not None and not model.startswith("grok-3-mini"):
+        unsupported.append("reasoningEffort")
+    if unsupported:
+        raise _ApiError(_error_reply(400, f"Model {model} does not support parameter {unsupported[0]}."))
 
 
 def _prompt_tokens(messages: list[dict]) -> int:
@@ -284,12 +406,16 @@ def _echo(messages: list[dict]) -> str:
     return "echo: " + _text_of(users[-1].get("content"))[:200]
 
 
-def _check_model(body: dict, grok_only: bool) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _invalid("model", "is required and must be a string")
-    if grok_only and not model.startswith("grok"):
-        raise _ApiError(_error_reply(404, f"The model {model} does not exist", code="model_not_found"))
+def _check_model(body: dict, known: Callable[[str], bool], default: str | None = None) -> str:
+    model = body.get("model", default)
+    if model is None:
+        raise _undeserializable("missing field `model`")
+    if not isinstance(model, str):
+        raise _undeserializable("model: invalid type, expected a string")
+    if not known(model):
+        raise _ApiError(
+            _error_reply(404, f"The model {model} does not exist or your team does not have access to it")
+        )
     return model
 
 
@@ -309,21 +435,23 @@ class XaiSimulator:
         self._rng = random.Random(self._config.random_seed)
         self._calls: list[CallRecord] = []
         self._jobs: dict[str, _Job] = {}
+        self._chat_billed_ticks = 0
         self._injections: list[tuple[str, deque]] = []
-        self._chat_requests = _SlidingWindow(60.0)
-        self._chat_tokens = _SlidingWindow(60.0)
+        self._chat_requests = _Bucket()
+        self._chat_tokens = _Bucket()
         self._video_requests = _SlidingWindow(1.0)
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._scheduler = _Scheduler()
-        self._routes: list[tuple[str, re.Pattern, Callable[[_Request], _Reply]]] = [
-            ("POST", re.compile(r"/v1/chat/completions"), self._chat_completions),
-            ("GET", re.compile(rf"/v1/chat/deferred-completion/(?P<id>{_ID})"), self._deferred_result),
-            ("POST", re.compile(r"/v1/responses"), self._responses),
-            ("POST", re.compile(r"/v1/videos/generations"), self._video_submit),
-            ("POST", re.compile(r"/v1/videos/edits"), self._video_submit),
-            ("POST", re.compile(rf"/v1/videos/(?P<id>{_ID})/cancel"), self._video_cancel),
-            ("GET", re.compile(rf"/v1/videos/(?P<id>{_ID})"), self._video_status),
+        # (method, path, handler, the config extension that must be on for the route to exist)
+        self._routes: list[tuple[str, re.Pattern, Callable[[_Request], _Reply], str | None]] = [
+            ("POST", re.compile(r"/v1/chat/completions"), self._chat_completions, None),
+            ("GET", re.compile(rf"/v1/chat/deferred-completion/(?P<id>{_ID})"), self._deferred_result, None),
+            ("POST", re.compile(r"/v1/responses"), self._responses, None),
+            ("POST", re.compile(r"/v1/videos/generations"), self._video_submit, None),
+            ("POST", re.compile(r"/v1/videos/edits"), self._video_submit, None),
+            ("POST", re.compile(rf"/v1/videos/(?P<id>{_ID})/cancel"), self._video_cancel, "video_cancel"),
+            ("GET", re.compile(rf"/v1/videos/(?P<id>{_ID})"), self._video_status, None),
         ]
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -374,6 +502,16 @@ class XaiSimulator:
         with self._lock:
             return list(self._calls)
 
+    def violations(self, since: int = 0, requests: bool = True, answers: bool = True) -> list[str]:
+        """The contract violations of the calls logged from index `since` on (those of the requests
+        clients sent, of the simulator's answers, or both), as "METHOD path: problem"."""
+        return [
+            f"{c.method} {c.path}: {problem}"
+            for c in self.calls[since:]
+            for problem in (c.request_violations if requests else ())
+            + (c.answer_violations if answers else ())
+        ]
+
     def count(
         self, path_prefix: str | None = None, status: int | None = None, method: str | None = None
     ) -> int:
@@ -389,6 +527,8 @@ class XaiSimulator:
         unknown = set(fields) - CONFIG_FIELDS
         if unknown:
             raise TypeError(f"unknown simulator config fields: {sorted(unknown)}")
+        if fields.get("credits_exhausted_status", 429) not in (429, 403):
+            raise ValueError("credits_exhausted_status must be 429 or 403")
         with self._lock:
             self._config = dataclasses.replace(self._config, **fields)
             if "random_seed" in fields:
@@ -418,9 +558,10 @@ class XaiSimulator:
         with self._lock:
             self._calls.clear()
             self._jobs.clear()
+            self._chat_billed_ticks = 0
             self._injections.clear()
-            self._chat_requests = _SlidingWindow(60.0)
-            self._chat_tokens = _SlidingWindow(60.0)
+            self._chat_requests = _Bucket()
+            self._chat_tokens = _Bucket()
             self._video_requests = _SlidingWindow(1.0)
         self._scheduler.clear()
 
@@ -433,12 +574,16 @@ class XaiSimulator:
         now = time.time()
         with self._lock:
             jobs = Counter(f"{j.kind}:{j.state(now)}" for j in self._jobs.values())
+            video_ticks = sum(j.cost_ticks() for j in self._jobs.values() if j.state(now) != "pending")
+            billed = {"chat": self._chat_billed_ticks, "video": video_ticks}
         return {
             "total": len(calls),
             "by_status": dict(Counter(str(c.status) for c in calls)),
             "by_path": {path: dict(counts) for path, counts in by_path.items()},
             "rate_limited": sum(1 for c in calls if c.status == 429),
             "jobs": dict(jobs),
+            # What xAI would bill: chat completions answered, videos rendered (moderated ones too).
+            "billed_usd_ticks": billed | {"total": sum(billed.values())},
         }
 
     # -- request dispatch --------------------------------------------------------------------------
@@ -458,15 +603,19 @@ class XaiSimulator:
             try:
                 body = json.loads(raw_body)
             except ValueError:
-                body_error = "Invalid JSON body"
+                body_error = "Failed to parse the request body as JSON"
             if body is not None and not isinstance(body, dict):
-                body, body_error = None, "The request body must be a JSON object"
+                body, body_error = (
+                    None,
+                    "Failed to deserialize the JSON body into the target type: expected a map",
+                )
         elif method == "POST":
-            body_error = "The request body must be a JSON object"
+            body_error = "Failed to parse the request body as JSON: EOF while parsing a value"
         with self._lock:
             config = self._config
         request = _Request(method, path, headers, body, body_error, config)
-        status = 0
+        extensions = frozenset(name for name in EXTENSIONS if getattr(config, name))
+        status, reply = 0, None
         try:
             reply = self._api_reply(request)
             status = reply.status
@@ -475,15 +624,38 @@ class XaiSimulator:
             status = 0 if drop.reset else 504
             raise
         finally:
+            request_violations = xai_contract.request_problems(method, path, body, extensions)
+            answer_violations = []
+            if reply is not None:
+                answer_violations = xai_contract.response_problems(
+                    method,
+                    path,
+                    body,
+                    reply.status,
+                    reply.headers,
+                    reply.content_type,
+                    reply.payload(),
+                    extensions,
+                )
             record = CallRecord(
-                arrived, method, path, status, body, request.request_id, headers.get(TENANT_HEADER)
+                arrived,
+                method,
+                path,
+                status,
+                body,
+                request.request_id,
+                headers.get(TENANT_HEADER),
+                tuple(request_violations),
+                tuple(answer_violations),
             )
             with self._lock:
                 self._calls.append(record)
 
     def _api_reply(self, request: _Request) -> _Reply:
         handler, allowed = None, False
-        for method, pattern, route_handler in self._routes:
+        for method, pattern, route_handler, extension in self._routes:
+            if extension and not getattr(request.config, extension):
+                continue
             match = pattern.fullmatch(request.path)
             if match:
                 allowed = True
@@ -493,11 +665,19 @@ class XaiSimulator:
         if handler is None:
             if allowed:
                 return _error_reply(405, f"Method {request.method} not allowed")
-            return _error_reply(404, f"No such endpoint: {request.path}", code="not_found")
+            return _error_reply(404, f"No such endpoint: {request.path}")
         request.request_id = request.params.get("id")
-        key = request.config.api_key
-        if key and request.headers.get("Authorization") != f"Bearer {key}":
-            return _error_reply(401, "Incorrect API key provided", code="invalid_api_key")
+        config = request.config
+        given = request.headers.get("Authorization") or ""
+        if config.api_key and given != f"Bearer {config.api_key}":
+            if not given.startswith("Bearer ") or not given.removeprefix("Bearer ").strip():
+                return _error_reply(401, "No API key provided: send it as 'Authorization: Bearer <key>'")
+            # xAI answers a wrong key with 400, masking all but the key's first characters.
+            shown = given.removeprefix("Bearer ")[:2] + "***"
+            return _error_reply(400, f"Incorrect API key provided: {shown}")
+        if config.credits_exhausted:
+            team = uuid.uuid5(uuid.NAMESPACE_URL, config.api_key or "team")
+            return _error_reply(config.credits_exhausted_status, BILLING_MESSAGE.format(team=team))
         fault = self._fault_for(request)
         if fault is not None:
             return self._faulted(fault, request.config)
@@ -532,11 +712,12 @@ class XaiSimulator:
             raise _DropConnection(reset=True)
         if outcome == "hang":
             self._sleep(config.hang_seconds)
-            return _error_reply(504, "Gateway timeout", kind="server_error")
+            return _error_reply(504, "Gateway timeout")
         if outcome == 429:
-            return _rate_limited(1.0, {})
-        kind = "server_error" if outcome >= 500 else "invalid_request_error"
-        return _error_reply(outcome, f"Injected fault (HTTP {outcome})", kind=kind)
+            return _rate_limited(1.0, {}, config)
+        if outcome == 422:  # xAI's 422s (bodies it cannot deserialize) are plain text
+            return _plain_reply(422, "Injected fault (HTTP 422)")
+        return _error_reply(outcome, f"Injected fault (HTTP {outcome})")
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and self._stopping.wait(seconds):
@@ -554,26 +735,27 @@ class XaiSimulator:
     # -- rate limits -------------------------------------------------------------------------------
 
     def _admit_chat(self, config: SimulatorConfig, tokens: int) -> dict[str, str]:
-        """Charge one request and `tokens` tokens, or raise 429; returns the x-ratelimit-* headers."""
+        """Charge one request and `tokens` tokens, or raise 429; returns the x-ratelimit-* headers when
+        that extension is on (else none)."""
         rpm, tpm = config.requests_per_minute, config.tokens_per_minute
+        buckets = [(self._chat_requests, "requests", rpm, 1)] if rpm else []
+        buckets += [(self._chat_tokens, "tokens", tpm, tokens)] if tpm else []
         with self._lock:
             now = time.monotonic()
-            self._chat_requests.expire(now)
-            self._chat_tokens.expire(now)
             wait = max(
-                self._chat_requests.wait_for(now, 1, rpm) if rpm else 0.0,
-                self._chat_tokens.wait_for(now, tokens, tpm) if tpm else 0.0,
+                [bucket.wait_for(now, amount, limit / 60) for bucket, _, limit, amount in buckets] or [0]
             )
+            if tpm and tokens > tpm:
+                wait = math.inf
             if wait <= 0:
-                self._chat_requests.add(now, 1)
-                self._chat_tokens.add(now, tokens)
+                for bucket, _, _, amount in buckets:
+                    bucket.take(amount)
             headers = {}
-            if rpm:
-                headers |= _limit_headers("requests", rpm, self._chat_requests, now)
-            if tpm:
-                headers |= _limit_headers("tokens", tpm, self._chat_tokens, now)
+            if config.rate_limit_headers:
+                for bucket, unit, limit, _ in buckets:
+                    headers |= _limit_headers(unit, limit, bucket.level, bucket.full_in(limit / 60))
         if wait > 0:
-            raise _ApiError(_rate_limited(wait, headers, too_large=math.isinf(wait)))
+            raise _ApiError(_rate_limited(wait, headers, config, too_large=math.isinf(wait)))
         return headers
 
     def _admit_video(self, config: SimulatorConfig) -> None:
@@ -587,25 +769,35 @@ class XaiSimulator:
             if wait <= 0:
                 self._video_requests.add(now, 1)
                 return
-            headers = _limit_headers("requests", limit, self._video_requests, now)
-        raise _ApiError(_rate_limited(wait, headers))
+            headers = {}
+            if config.rate_limit_headers:
+                left = limit - self._video_requests.used
+                headers = _limit_headers("requests", limit, left, self._video_requests.reset_after(now))
+        raise _ApiError(_rate_limited(wait, headers, config))
 
     # -- chat --------------------------------------------------------------------------------------
 
     def _chat_completions(self, request: _Request) -> _Reply:
         body = request.json()
-        model = _check_model(body, grok_only=True)
+        model = _check_model(body, _is_chat_model)
         messages = _check_messages(body.get("messages"), "messages")
         max_tokens = _optional_positive_int(body, "max_tokens") or _optional_positive_int(
             body, "max_completion_tokens"
         )
-        deferred = body.get("deferred", False)
+        deferred = body.get("deferred") or False
         if not isinstance(deferred, bool):
-            raise _invalid("deferred", "must be a boolean")
+            raise _undeserializable("deferred: invalid type, expected a boolean")
+        _check_parameters(model, body)
         prompt_tokens = _prompt_tokens(messages)
         headers = self._admit_chat(request.config, prompt_tokens + (max_tokens or 64))
         content = _echo(messages)
         completion_tokens = min(max_tokens or 64, len(content) // 4 + 1)
+        ticks = round(
+            prompt_tokens * CHAT_USD_PER_TOKEN[0] * USD_TICKS
+            + completion_tokens * CHAT_USD_PER_TOKEN[1] * USD_TICKS
+        )
+        with self._lock:
+            self._chat_billed_ticks += ticks
         completion = {
             "id": str(uuid.uuid4()),
             "object": "chat.completion",
@@ -622,15 +814,30 @@ class XaiSimulator:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {
+                    "text_tokens": prompt_tokens,
+                    "audio_tokens": 0,
+                    "image_tokens": 0,
+                    "cached_tokens": 0,
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+                "num_sources_used": 0,
+                "cost_in_usd_ticks": ticks,
             },
             "system_fingerprint": "fp_xai_simulator",
+            "service_tier": "default",
         }
         if deferred:
             job = self._add_job(
                 "chat",
                 model,
                 request.config.deferred_chat_duration,
-                fails=False,
+                outcome="done",
                 callback_url=body.get("callback_url"),
                 config=request.config,
                 result=completion,
@@ -647,11 +854,7 @@ class XaiSimulator:
             job_id = request.params["id"]
             job = self._jobs.get(job_id)
             if job is None or job.kind != "chat" or job.delivered:
-                raise _ApiError(
-                    _error_reply(
-                        404, f"No deferred completion with id {job_id}", code="not_found", headers=headers
-                    )
-                )
+                raise _ApiError(_error_reply(404, f"No deferred completion with id {job_id}", headers))
             if job.state(time.time()) == "pending":
                 return _Reply(202, None, headers)
             job.delivered = True
@@ -659,7 +862,7 @@ class XaiSimulator:
 
     def _responses(self, request: _Request) -> _Reply:
         body = request.json()
-        model = _check_model(body, grok_only=True)
+        model = _check_model(body, _is_chat_model)
         given = body.get("input")
         if isinstance(given, str) and given:
             messages = [{"role": "user", "content": given}]
@@ -701,41 +904,76 @@ class XaiSimulator:
 
     def _video_submit(self, request: _Request) -> _Reply:
         body = request.json()
-        model = _check_model(body, grok_only=False)
+        model = _check_model(body, lambda name: name in VIDEO_MODELS, default=VIDEO_MODELS[0])
+        edit = request.path.endswith("/edits")
         prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise _invalid("prompt", "is required and must be a non-empty string")
-        duration = _optional_positive_int(body, "duration")
-        if duration is not None and duration > 15:
-            raise _invalid("duration", "must be an integer from 1 to 15")
-        if request.path.endswith("/edits"):
+        if prompt is None and (edit or body.get("image") is None):
+            raise _undeserializable("missing field `prompt`")
+        if prompt is not None and not isinstance(prompt, str):
+            raise _undeserializable("prompt: invalid type, expected a string")
+        if prompt is not None and not prompt.strip():
+            raise _invalid("prompt", "must not be empty")
+        duration, resolution = DEFAULT_VIDEO_SECONDS, "480p"
+        if edit:
             video = body.get("video")
-            if not isinstance(video, dict) or not isinstance(video.get("url"), str) or not video["url"]:
+            if video is None:
+                raise _undeserializable("missing field `video`")
+            url = video.get("url") if isinstance(video, dict) else None
+            if not isinstance(url, str) or not url:
                 raise _invalid("video.url", "is required and must be a non-empty string")
-        for field in ("aspect_ratio", "resolution", "callback_url"):
-            if field in body and not isinstance(body[field], str):
-                raise _invalid(field, "must be a string")
-        if "image" in body and not isinstance(body["image"], dict | str):
-            raise _invalid("image", "must be an object with a url")
+            if not (url.split("?")[0].lower().endswith(".mp4") or url.startswith("data:video/mp4")):
+                raise _invalid("video.url", "the video must have the .mp4 file extension")
+            # An edit's duration and resolution follow its input video (at most ~8.7 s).
+        else:
+            given = body.get("duration")
+            if isinstance(given, str) and given.isdigit():  # xAI accepts "8" as well as 8
+                given = int(given)
+            if given is not None:
+                if not isinstance(given, int) or isinstance(given, bool):
+                    raise _undeserializable("duration: invalid type, expected an integer")
+                if not 1 <= given <= 15:
+                    raise _invalid("duration", "must be an integer from 1 to 15")
+                duration = given
+            for field, allowed in (("aspect_ratio", ASPECT_RATIOS), ("resolution", RESOLUTIONS)):
+                value = body.get(field)
+                if value is not None and value not in allowed:
+                    raise _undeserializable(f"{field}: unknown variant `{value}`, expected one of {allowed}")
+            resolution = body.get("resolution") or resolution
+            if resolution == "1080p" and model not in HD_VIDEO_MODELS:
+                raise _invalid("resolution", f"1080p is not supported by {model}")
+            image = body.get("image")
+            if image is not None and not (isinstance(image, dict) and isinstance(image.get("url"), str)):
+                raise _undeserializable("image: expected an object with a url")
         self._admit_video(request.config)
         config = request.config
         self._sleep(config.video_submit_latency)
-        with self._lock:
-            fails = self._rng.random() < config.video_failure_rate
         job = self._add_job(
             "video",
             model,
             self._draw_lognormal(config.video_duration_median, config.video_duration_sigma),
-            fails=fails,
+            outcome=self._draw_outcome(config),
             callback_url=body.get("callback_url"),
             config=config,
-            duration=duration or DEFAULT_VIDEO_SECONDS,
-            resolution=body.get("resolution") or "480p",
+            duration=duration,
+            resolution=resolution,
         )
         request.request_id = job.id
         if config.seed_shapes:
             return _Reply(200, {"id": job.id, "status": "pending", "created": int(job.created)})
         return _Reply(200, {"request_id": job.id})
+
+    def _draw_outcome(self, config: SimulatorConfig) -> str:
+        with self._lock:
+            draw = self._rng.random()
+        for rate, outcome in (
+            (config.video_failure_rate, "failed"),
+            (config.video_moderation_rate, "moderated"),
+            (config.video_expired_rate, "expired"),
+        ):
+            if draw < rate:
+                return outcome
+            draw -= rate
+        return "done"
 
     def _video_status(self, request: _Request) -> _Reply:
         now = time.time()
@@ -744,9 +982,13 @@ class XaiSimulator:
         if request.config.seed_shapes:
             return _Reply(200, self._seed_video_status(job, state, now))
         if state == "pending":
-            return _Reply(200, {"status": "pending", "model": job.model, "progress": job.progress(now)})
+            # xAI's spec declares the 202 without content; live answers sometimes carry a body.
+            with self._lock:
+                with_body = self._rng.random() < request.config.video_pending_body_rate
+            return _Reply(202, {"status": "pending", "progress": job.progress(now)} if with_body else None)
+        if state == "moderated":
+            return _error_reply(400, MODERATED_MESSAGE, usage={"cost_in_usd_ticks": job.cost_ticks()})
         if state == "done":
-            ticks = round(job.duration * VIDEO_USD_PER_SECOND.get(job.resolution, 0.05) * USD_TICKS)
             return _Reply(
                 200,
                 {
@@ -757,13 +999,13 @@ class XaiSimulator:
                         "respect_moderation": True,
                     },
                     "model": job.model,
-                    "usage": {"cost_in_usd_ticks": ticks},
+                    "usage": {"cost_in_usd_ticks": job.cost_ticks()},
                     "progress": 100,
                 },
             )
-        return _Reply(
-            200, {"status": "failed", "model": job.model, "error": _job_error(state), "progress": 0}
-        )
+        if state == "expired":
+            return _Reply(200, {"status": "expired", "model": job.model})
+        return _Reply(200, {"status": "failed", "error": _job_error(state)})
 
     def _seed_video_status(self, job: _Job, state: str, now: float) -> dict:
         reply: dict[str, Any] = {"id": job.id, "created": int(job.created), "model": job.model}
@@ -781,7 +1023,7 @@ class XaiSimulator:
             now = time.time()
             state = job.state(now)
             if state != "pending":
-                raise _ApiError(_error_reply(409, f"Video {job.id} is already {state}", code="conflict"))
+                raise _ApiError(_error_reply(409, f"Video {job.id} is already {state}"))
             job.cancelled_at = now
         key = "id" if request.config.seed_shapes else "request_id"
         return _Reply(200, {key: job.id, "status": "cancelled"})
@@ -803,7 +1045,7 @@ class XaiSimulator:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None or job.kind != kind:
-            raise _ApiError(_error_reply(404, f"No {kind} request with id {job_id}", code="not_found"))
+            raise _ApiError(_error_reply(404, f"No {kind} request with id {job_id}"))
         return job
 
     def _add_job(
@@ -811,7 +1053,7 @@ class XaiSimulator:
         kind: str,
         model: str,
         seconds: float,
-        fails: bool,
+        outcome: str,
         callback_url: Any,
         config: SimulatorConfig,
         **extra: Any,
@@ -823,7 +1065,7 @@ class XaiSimulator:
             model,
             now,
             now + seconds,
-            fails,
+            outcome,
             callback_url=callback_url if isinstance(callback_url, str) else None,
             **extra,
         )
@@ -837,7 +1079,7 @@ class XaiSimulator:
         with self._lock:
             if self._jobs.get(job.id) is not job or job.cancelled_at is not None:
                 return
-        payload = {"request_id": job.id, "status": "failed" if job.fails else "done"}
+        payload = {"request_id": job.id, "status": "done" if job.outcome == "done" else "failed"}
         threading.Thread(
             target=_deliver,
             args=(job.callback_url, payload),
@@ -873,27 +1115,36 @@ class XaiSimulator:
         return _Reply(404, {"error": f"no control endpoint {method} {path}"})
 
 
-def _rate_limited(wait: float, headers: dict[str, str], too_large: bool = False) -> _Reply:
-    message = "Request too large for the tokens-per-minute limit" if too_large else "Rate limit exceeded"
-    retry_after = 60 if math.isinf(wait) else max(1, math.ceil(wait))
-    return _error_reply(
-        429, message, kind="rate_limit_error", code=429, headers=headers | {"Retry-After": str(retry_after)}
-    )
+def _rate_limited(
+    wait: float, headers: dict[str, str], config: SimulatorConfig, too_large: bool = False
+) -> _Reply:
+    if too_large:
+        message = "The request is larger than the team's tokens-per-minute limit"
+    else:
+        message = "The team has reached its rate limit for this model; slow down and retry later"
+    if config.retry_after:
+        headers = headers | {"Retry-After": str(60 if math.isinf(wait) else max(1, math.ceil(wait)))}
+    return _error_reply(429, message, headers)
 
 
-def _limit_headers(unit: str, limit: int, window: _SlidingWindow, now: float) -> dict[str, str]:
-    # reset-* is the time until the oldest charge leaves the window, i.e. when capacity next grows.
+def _limit_headers(unit: str, limit: int, remaining: float, reset: float) -> dict[str, str]:
+    """The extension's headers: the configured limit, what may go now, and the seconds until the
+    budget is whole again."""
     return {
         f"x-ratelimit-limit-{unit}": str(limit),
-        f"x-ratelimit-remaining-{unit}": str(max(0, limit - window.used)),
-        f"x-ratelimit-reset-{unit}": f"{window.reset_after(now):.2f}s",
+        f"x-ratelimit-remaining-{unit}": str(max(0, math.floor(remaining + 1e-9))),
+        f"x-ratelimit-reset-{unit}": f"{reset:.2f}s",
     }
 
 
 def _job_error(state: str) -> dict:
-    if state == "cancelled":
-        return {"code": "cancelled", "message": "cancelled by request"}
+    if state == "cancelled":  # the cancel extension's outcome, in a code xAI's enum has
+        return {"code": "failed_precondition", "message": "Cancelled by request"}
     return {"code": "internal_error", "message": "Video generation failed (simulated)"}
+
+
+def _is_chat_model(model: str) -> bool:
+    return model.startswith("grok") and model not in VIDEO_MODELS
 
 
 def _deliver(url: str, payload: dict) -> None:
@@ -961,7 +1212,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except Exception as error:  # a simulator bug: answer it rather than leave the client hanging
             traceback.print_exc()
-            reply = _error_reply(500, f"xAI simulator error: {error!r}", kind="server_error")
+            reply = _error_reply(500, f"xAI simulator error: {error!r}")
         payload = reply.payload()
         try:
             self.send_response(reply.status)

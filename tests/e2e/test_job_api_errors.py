@@ -40,6 +40,7 @@ def test_bad_body_is_a_400_naming_the_problem(api, path, body, names):
     reply = api.post(path, content=body, headers={"Content-Type": "application/json"})
     assert reply.status_code == 400, reply.text
     assert names in reply.json()["error"]["message"]
+    assert reply.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_bad_body_creates_no_job(new_tenant):
@@ -48,11 +49,31 @@ def test_bad_body_creates_no_job(new_tenant):
     assert client.get("/v1/jobs").json()["data"] == []
 
 
-@pytest.mark.parametrize("headers", [{}, {"x-api-key": "not-a-key"}])
-def test_missing_or_wrong_api_key_is_403(stack, headers):
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-api-key": "not-a-key"},
+        {"Authorization": "Bearer xj-not-a-key"},
+        {"Authorization": "Basic eDp5"},
+    ],
+)
+def test_missing_or_wrong_api_key_is_a_401_in_openais_shape(stack, headers):
     for method, path in [("POST", "/v1/videos/generations"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/job_x")]:
         reply = httpx.request(method, stack.api_url + path, headers=headers, json=VIDEO)
-        assert reply.status_code == 403, (method, path)
+        assert reply.status_code == 401, (method, path)
+        assert reply.json()["error"]["code"] == "invalid_api_key"
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/nothing"), ("POST", "/v1/jobs"), ("GET", "/v2/jobs")]
+)
+def test_an_unknown_route_is_a_404_with_or_without_a_key(stack, method, path):
+    for headers in ({}, {"Authorization": f"Bearer {stack.api_key}"}):
+        reply = httpx.request(method, stack.api_url + path, headers=headers)
+        assert reply.status_code == 404, (method, path, reply.text)
+        assert reply.json()["error"]["code"] == "unknown_url"
 
 
 def test_unknown_job_is_404(api):

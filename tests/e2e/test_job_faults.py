@@ -47,3 +47,34 @@ def test_a_crashing_poll_step_fails_the_job_with_the_reason(api, stack, inbox):
     assert job["status"] == "failed"
     assert job["error"] == {"code": "RuntimeError", "message": "simulated crash in the poll step"}
     assert inbox.for_job(job_id)[0]["attributes"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("body_rate", [0.0, 1.0], ids=["empty-202s", "202s-with-a-body"])
+def test_a_video_pending_behind_202s_with_or_without_a_body_completes(api, stack, sim, body_rate):
+    sim.update(video_pending_body_rate=body_rate, video_duration_median=3, video_duration_sigma=0.01)
+    job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+    job = wait_for_status(api, job_id, timeout=90)
+    assert job["status"] == "completed", job
+    statuses = [c.status for c in sim.calls if c.path == f"/v1/videos/{xai_request_id(stack, job_id)}"]
+    assert statuses[-1] == 200 and 202 in statuses
+
+
+def test_a_moderated_video_fails_saying_so_with_xais_message_and_cost(api, sim, inbox):
+    sim.update(video_moderation_rate=1.0)
+    job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+    job = wait_for_status(api, job_id, timeout=60)
+    assert job["status"] == "failed"
+    assert job["error"] == {
+        "code": "content_moderated",
+        "message": "Generated video rejected by content moderation.",
+        "cost_in_usd_ticks": 3 * 500_000_000,  # billed all the same: 3 s at $0.05/s
+    }
+    assert inbox.for_job(job_id)[0]["attributes"]["status"] == "failed"
+
+
+def test_an_expired_video_fails_with_a_clear_error(api, sim):
+    sim.update(video_expired_rate=1.0)
+    job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+    job = wait_for_status(api, job_id, timeout=60)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "expired" and "no longer available" in job["error"]["message"]

@@ -7,6 +7,7 @@ import httpx
 
 from local.stack import LocalStack
 
+SIGV4 = "X-Amz-Algorithm=AWS4-HMAC-SHA256"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
@@ -31,13 +32,12 @@ class Batches:
         self.bucket = stack.resources.physical["DataBucket"]
 
     def upload(self, content: bytes) -> str:
-        """POST /v1/files, then PUT the file to the presigned URL, as a client would; returns the file id."""
-        reply = self.api.post("/v1/files", json={"purpose": "batch"})
-        assert reply.status_code == 201, reply.text
-        file = reply.json()
-        put = httpx.put(file["upload_url"], content=content, timeout=60)
-        assert put.status_code == 200, put.text
-        return file["id"]
+        """POST /v1/files with OpenAI's multipart upload, as the openai SDK sends it; returns the file id."""
+        reply = self.api.post(
+            "/v1/files", files={"file": ("input.jsonl", content)}, data={"purpose": "batch"}
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()["id"]
 
     def create(self, content: bytes, **options) -> dict:
         reply = self.api.post("/v1/batches", json={"input_file_id": self.upload(content), **options})

@@ -134,3 +134,20 @@ def batches_output(batch: dict) -> list[dict]:
     from .helpers import read_lines
 
     return read_lines(batch["output_file_url"])
+
+
+def test_an_ingest_out_of_time_hands_the_rest_to_a_new_invocation_of_itself(batches, stack):
+    # A timeout under the ingest's 30-second margin: it hands over at its first checkpoint (500
+    # lines), invoking itself as its role allows (the session's IAM check fails on a refusal).
+    ingest = stack.runtime.functions["BatchIngestFunction"]
+    timeout, ingest.timeout = ingest.timeout, 29
+    invocations = stack.runtime.stats["BatchIngestFunction"].count
+    try:
+        lines = [request_line(f"t-{i}") for i in range(600)]
+        batch, output, errors = batches.run(lines, timeout=120)
+    finally:
+        ingest.timeout = timeout
+    assert batch["status"] == "completed", batch
+    assert stack.runtime.stats["BatchIngestFunction"].count - invocations == 2
+    assert_each_once([line["custom_id"] for line in lines], output, errors)
+    assert errors == []

@@ -3,7 +3,7 @@
 import json
 import time
 
-from .helpers import TERMINAL, assert_each_once, jsonl, read_lines, request_line
+from .helpers import SIGV4, TERMINAL, assert_each_once, jsonl, read_lines, request_line
 
 
 def test_a_batch_runs_every_request_once_and_writes_results_in_input_order(batches, stack, sim):
@@ -15,6 +15,7 @@ def test_a_batch_runs_every_request_once_and_writes_results_in_input_order(batch
 
     assert batch["status"] == "completed", batch
     assert batch["request_counts"] == {"total": 60, "completed": 60, "failed": 0}
+    assert SIGV4 in batch["output_file_url"] and SIGV4 in batch["error_file_url"]
     output = read_lines(batch["output_file_url"])
     assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(60)]
     assert output[7]["response"]["status_code"] == 200
@@ -33,7 +34,7 @@ def test_the_finished_batch_is_announced_once_on_sns(batches, stack):
     assert len(announced) == 1
     attributes, body = announced[0]
     assert attributes["event"] == "batch.completed" and attributes["kind"] == "chat.batch"
-    assert attributes["tenant"] == stack.info()["api_key_id"]
+    assert attributes["tenant"] == stack.tenant
     assert body["batch"]["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
 
 
@@ -49,8 +50,8 @@ def test_a_file_put_under_batches_incoming_starts_a_batch(batches, stack):
 
 def test_batches_belong_to_their_tenant(batches, stack, api):
     batch = batches.create(jsonl([request_line("mine")]))
-    other = stack.client("apigateway").create_api_key(name=f"other-{time.time_ns()}", enabled=True)
-    headers = {"x-api-key": other["value"]}
+    _, key = stack.create_tenant(name="other")
+    headers = {"x-api-key": key}
     import httpx
 
     with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as stranger:

@@ -3,7 +3,7 @@
 import pytest
 
 from local.stack import LocalStack
-from tests.e2e.conftest import PARAMETERS, SIMULATOR, api, inbox, sim  # noqa: F401  (fixtures)
+from tests.e2e.conftest import PARAMETERS, SIMULATOR, api, inbox, sim, xai_contract_kept  # noqa: F401  (fixtures)
 
 FALLBACK_SECONDS = 30
 
@@ -16,4 +16,7 @@ def stack():
         upstream_callbacks=True,
     ).start()
     yield local
+    denied = local.iam.report()
     local.stop()
+    # Every AWS call of every function in the session was checked against its role (local/iam.py).
+    assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)

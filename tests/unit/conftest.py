@@ -41,12 +41,16 @@ def simulator_server() -> Iterator[XaiSimulator]:
 
 
 @pytest.fixture
-def sim(simulator_server: XaiSimulator) -> Iterator[XaiSimulator]:
-    """The session's simulator with an empty log; its configuration is restored after the test."""
+def sim(simulator_server: XaiSimulator, request: pytest.FixtureRequest) -> Iterator[XaiSimulator]:
+    """The session's simulator with an empty log; its configuration is restored after the test, and
+    the test fails if a request the client sent or an answer the simulator gave broke xAI's contract."""
     simulator_server.reset()
     yield simulator_server
+    deliberate = request.node.get_closest_marker("sends_invalid_requests") is not None
+    problems = simulator_server.violations(requests=not deliberate)
     simulator_server.update(**dataclasses.asdict(SIMULATOR))
     simulator_server.reset()
+    assert not problems, "xAI contract violations:\n" + "\n".join(problems)
 
 
 @pytest.fixture
@@ -409,10 +413,12 @@ def batch_settings(
     # The functions' app.py makes the parent logger the layer's child loggers log (and append keys) through.
     Logger(service=batch_ingest.logger.service)
     settings.get_settings.cache_clear()
-    upstream._learned.clear()
+    upstream._chat_rate.cache_clear()
+    upstream._account.cache_clear()
     yield settings.get_settings()
     settings.get_settings.cache_clear()
-    upstream._learned.clear()
+    upstream._chat_rate.cache_clear()
+    upstream._account.cache_clear()
 
 
 @dataclass

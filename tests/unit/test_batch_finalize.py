@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.conftest import LambdaContext
 from tests.unit.test_batch_worker import deliveries, request, sqs_event
-from xjobs import batch_finalize, batch_ingest, batch_worker, batches
+from xjobs import batch_finalize, batch_ingest, batch_worker, batches, notify
 from xjobs.batch_lines import error_line, result_line
 
 
@@ -84,11 +84,13 @@ def test_a_finished_batch_writes_its_files_in_input_order_and_announces_itself_o
     (notice,) = notices_of(notifications, batch_id)
     assert notice["attributes"] == {
         "event": "batch.completed",
+        "event_id": f"evt_{batch_id}",
         "kind": "chat.batch",
         "status": "completed",
         "tenant": batch_ingest.DIRECT_UPLOAD_TENANT,
     }
     assert notice["message"]["batch"]["status"] == "completed"
+    assert notice["message"]["id"] == f"evt_{batch_id}"  # receivers drop a repeat by it
     assert notice["message"]["batch"]["request_counts"] == {"total": 12, "completed": 9, "failed": 3}
     assert notice["message"]["batch"]["output_file_id"] == batch["output_key"]
 
@@ -121,7 +123,10 @@ def test_concurrent_finalizers_announce_once(sim, store, ingested, notifications
 
     def run() -> None:
         go.wait()
-        statuses.append(batch_finalize.finalize(batch_id)["status"])
+        try:
+            statuses.append(batch_finalize.finalize(batch_id)["status"])
+        except notify.NoticeLeased:  # another finalizer is announcing: Lambda retries this one later
+            statuses.append("leased")
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:
@@ -129,7 +134,9 @@ def test_concurrent_finalizers_announce_once(sim, store, ingested, notifications
     for thread in threads:
         thread.join(timeout=20)
 
-    assert statuses == [batches.COMPLETED] * 4
+    assert len(statuses) == 4 and set(statuses) <= {batches.COMPLETED, "leased"}
+    assert batches.COMPLETED in statuses
+    assert batch_finalize.finalize(batch_id)["status"] == batches.COMPLETED  # a retry, after the winner
     assert len(notices_of(notifications, batch_id)) == 1
 
 

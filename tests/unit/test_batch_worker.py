@@ -13,9 +13,9 @@ import pytest
 
 from tests.unit.conftest import LambdaContext
 from tests.unit.test_batch_ingest import request
-from xjobs import batch_ingest, batch_worker, batches, upstream
+from xjobs import batch_ingest, batch_worker, batches, limiter, upstream
 from xjobs.batch_ingest import INLINE_BODY_BYTES
-from xjobs.limiter import MAX_BLOCK_SECONDS
+from xjobs.xai import rate_limit_backoff
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -171,7 +171,7 @@ def test_concurrent_records_of_one_request_store_one_result_and_count_it_once(st
         own = batches.BatchStore(store.batches_table, store.items_table)
         result = {"batch_id": batch_id, "line": 1, "custom_id": "a", "ok": True, "outcome": f"result {n}"}
         go.wait()
-        recorded.append(own.record([{**result, "expires_at": 0}]))
+        recorded.append(len(own.record([{**result, "expires_at": 0}])))
 
     threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -204,8 +204,11 @@ def test_a_body_stored_in_s3_reaches_xai_whole(sim, store, start_batch):
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        pytest.param({"model": "gpt-4o"}, 404, "model_not_found", id="unknown-model"),
-        pytest.param({"deferred": "yes"}, 400, "invalid_argument", id="bad-field"),
+        pytest.param({"model": "gpt-4o"}, 404, "not_found", id="unknown-model"),
+        pytest.param(
+            {"deferred": "yes"}, 422, "http_422", id="bad-field", marks=pytest.mark.sends_invalid_requests
+        ),  # xAI: plain-text 422
+        pytest.param({"presence_penalty": 0.5}, 400, "invalid_argument", id="unsupported-parameter"),
     ],
 )
 def test_a_request_xai_refuses_becomes_an_error_line_without_a_retry(
@@ -228,62 +231,99 @@ def test_a_request_xai_refuses_becomes_an_error_line_without_a_retry(
     assert (batch["done"], batch["failed"]) == (1, 1)
 
 
-def test_a_429_returns_the_message_for_the_wait_xai_asked_and_holds_back_every_worker(
+def sent_again(queue_url: str, count: int, within: float) -> list[dict]:
+    """The `count` messages the worker sent back to the queue, once their delay is over."""
+    deadline = time.time() + within
+    found: list[dict] = []
+    while len(found) < count and time.time() < deadline:
+        time.sleep(0.2)
+        found += deliveries(queue_url)
+    return sorted(found, key=lambda m: json.loads(m["Body"])["line"])
+
+
+def shared_rate(batch_settings) -> dict | None:
+    table = boto3.resource("dynamodb").Table(batch_settings.limits_table)
+    return table.get_item(Key={"id": f"{upstream.CHAT_SCOPE}#rate"}, ConsistentRead=True).get("Item")
+
+
+def test_a_429_without_a_stated_wait_cuts_the_shared_rate_and_sends_the_request_again_later(
     sim, store, start_batch, work_queue, batch_settings
 ):
+    # GIVEN xAI answers 429 as it does: no Retry-After, no x-ratelimit-* headers
     batch_id, messages = start_batch(request("a"))
-    sim.inject(CHAT_PATH, 429)  # answered with Retry-After: 1
+    sim.inject(CHAT_PATH, 429)
 
     response = batch_worker.handle(sqs_event(messages), LambdaContext())
-    returned_at = time.time()
-    visible_at_once = deliveries(work_queue)
+    handled_at = time.time()
 
-    assert returned(response) == {messages[0]["MessageId"]}
-    assert visible_at_once == [], "not visible before the wait is over"
-    assert [call.status for call in chat_calls(sim)] == [429]
+    # THEN the delivered message is done with (deleted, so it uses up no receive) and a new one waits
+    assert returned(response) == set()
+    assert deliveries(work_queue) == [], "not visible before the backoff"
     left = item(batch_settings, batch_id, 1)
     assert not {"attempts", "outcome", "lease_until"} & set(left), (
         "a 429: no failed attempt, no result, no lease"
     )
-    # The shared limiter holds everyone back: the block, just after the 429, fills the second after it
-    limiter = upstream.chat_limiter()
-    window = math.floor(chat_calls(sim)[0].time / limiter.window_seconds) + 1
-    table = boto3.resource("dynamodb").Table(batch_settings.limits_table)
-    blocked = table.get_item(Key={"id": f"{upstream.CHAT_SCOPE}#{window}"}, ConsistentRead=True)["Item"]
-    assert blocked["used"] == limiter.capacity
-    time.sleep(max(0.0, returned_at + 1.2 - time.time()))
-    again = deliveries(work_queue)
-    assert [m["MessageId"] for m in again] == [messages[0]["MessageId"]]
-    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
-    assert store.get(batch_id)["done"] == 0
+    # AND every worker's rate is cut from the configured 6,000 a minute
+    rate = shared_rate(batch_settings)
+    assert (rate["rpm"], rate["epoch"], rate["ceiling"]) == (6000 * limiter.CUT_FAR, 1, 6000)
+    # AND the request comes back after a backoff of about a second, as a fresh message
+    (again,) = sent_again(work_queue, 1, within=3)
+    assert time.time() - handled_at >= 0.9
+    assert again["MessageId"] != messages[0]["MessageId"]
+    assert again["Attributes"]["ApproximateReceiveCount"] == "1"
+    body = json.loads(again["Body"])
+    assert body | {"rate_limited": 0, "waits": 0} == json.loads(messages[0]["Body"]) | {
+        "rate_limited": 0,
+        "waits": 0,
+    }
+    assert (body["rate_limited"], body["waits"]) == (1, 1)
+
+    # WHEN it runs again and xAI answers, its result is recorded once
+    assert batch_worker.handle(sqs_event([again]), LambdaContext()) == {"batchItemFailures": []}
+    assert outcomes(store, batch_id)[1]["ok"] is True
+    assert [call.status for call in chat_calls(sim)] == [429, 200]
 
 
-def test_a_429_under_a_low_request_limit_fills_the_windows_of_the_limit_xai_states(
-    sim, store, start_batch, batch_settings, xai
+def test_the_backoff_of_a_request_429d_again_and_again_grows_to_about_30_seconds():
+    waits = [[rate_limit_backoff(n) for n in range(1, 9)] for _ in range(200)]
+    firsts = [w[0] for w in waits]
+    assert min(firsts) >= 0.7 and max(firsts) <= 1.3, "from about a second"
+    assert len({round(f, 3) for f in firsts}) > 100, "with jitter"
+    assert all(w[3] > w[1] for w in waits), "growing"
+    assert max(max(w) for w in waits) <= 30.0 and min(w[-1] for w in waits) >= 22.5, "up to 30 s"
+
+
+def test_a_429_with_a_stated_wait_holds_every_worker_back_without_cutting_the_rate(
+    sim, store, start_batch, batch_settings
 ):
-    sim.update(requests_per_minute=1)
-    xai.chat({"model": "grok-4", "messages": [{"role": "user", "content": "use the one request"}]})
+    sim.update(retry_after=True)  # the simulator's extension: xAI itself states no wait
     batch_id, messages = start_batch(request("a"))
+    sim.inject(CHAT_PATH, 429)  # Retry-After: 1
 
     response = batch_worker.handle(sqs_event(messages), LambdaContext())
 
-    assert returned(response) == {messages[0]["MessageId"]}
-    assert [call.status for call in chat_calls(sim)] == [200, 429]
-    retry_after = 60
-    limiter = upstream.chat_limiter()
-    assert limiter.capacity == 1 and limiter.window_seconds == 60, "corrected from x-ratelimit-limit-requests"
-    now = time.time()
+    assert returned(response) == set()
+    assert shared_rate(batch_settings) is None, "the configured rate stands"
+    rate_limiter = upstream.chat_limiter()
+    window = math.floor(chat_calls(sim)[0].time / rate_limiter.window_seconds) + 1
     table = boto3.resource("dynamodb").Table(batch_settings.limits_table)
-    first = math.floor(now / limiter.window_seconds)
-    last = math.floor((now + min(retry_after, MAX_BLOCK_SECONDS) - 10) / limiter.window_seconds)
-    for window in range(first, last + 1):
-        item = table.get_item(Key={"id": f"{upstream.CHAT_SCOPE}#{window}"}, ConsistentRead=True).get("Item")
-        assert item is not None and item["used"] >= limiter.capacity, f"window {window} must be full"
-    assert limiter.try_acquire(tokens=1) > 0
-    assert store.get(batch_id)["done"] == 0
+    blocked = table.get_item(Key={"id": f"{upstream.CHAT_SCOPE}#{window}"}, ConsistentRead=True)["Item"]
+    assert blocked["used"] == rate_limiter.capacity
 
 
-def test_the_shared_limiter_returns_a_message_instead_of_sleeping(
+def test_limits_stated_in_headers_become_every_workers_rate(sim, store, start_batch, batch_settings):
+    sim.update(rate_limit_headers=True, requests_per_minute=600, tokens_per_minute=90_000)
+    batch_id, messages = start_batch(request("a"))
+
+    batch_worker.handle(sqs_event(messages), LambdaContext())
+
+    rate = shared_rate(batch_settings)
+    assert (rate["rpm"], rate["tpm"], rate["stated"]) == (600, 90_000, 600)
+    rate_limiter = upstream.chat_limiter()
+    assert (rate_limiter.capacity, rate_limiter.token_capacity) == (10, 1500)
+
+
+def test_a_request_the_shared_limiter_holds_back_waits_as_a_new_message_and_the_rate_climbs(
     sim, store, start_batch, work_queue, monkeypatch, batch_settings
 ):
     monkeypatch.setenv("CHAT_REQUESTS_PER_MINUTE", "60")  # one request per one-second window
@@ -294,18 +334,23 @@ def test_the_shared_limiter_returns_a_message_instead_of_sleeping(
     upstream.chat_limiter().try_acquire()  # this second's request is taken
 
     response = batch_worker.handle(sqs_event(messages), LambdaContext())
-    returned_at = time.time()
 
-    # At most one of the two fits the next window (if it opened meanwhile); a worker that slept through
-    # the waits would have sent both and returned none.
-    assert len(returned(response)) >= 1
-    assert len(chat_calls(sim)) == 2 - len(returned(response))
-    assert store.get(batch_id)["done"] == len(chat_calls(sim))
-    time.sleep(max(0.0, returned_at + 1.2 - time.time()))
-    assert {m["MessageId"] for m in deliveries(work_queue)} == returned(response), "back after the window"
+    # At most one of the two fits the next window (if it opened meanwhile); a worker that slept
+    # through the waits would have sent both.
+    assert returned(response) == set(), "no message comes back: the waiting ones are sent again"
+    sent = len(chat_calls(sim))
+    assert sent <= 1 and store.get(batch_id)["done"] == sent
+    waiting = sent_again(work_queue, 2 - sent, within=3)
+    assert len(waiting) == 2 - sent
+    assert all(json.loads(m["Body"])["waits"] == 1 for m in waiting)
+    assert all(m["Attributes"]["ApproximateReceiveCount"] == "1" for m in waiting)
+    # Held back without a 429: the demand is above the rate, so the shared rate climbs
+    assert shared_rate(batch_settings)["rpm"] == 60 * (1 + limiter.GROW_FAST)
 
 
-def test_5xx_answers_are_retried_later_until_the_attempts_run_out(sim, store, start_batch, batch_settings):
+def test_5xx_answers_are_retried_later_until_the_attempts_run_out(
+    sim, store, start_batch, batch_settings, work_queue
+):
     sim.update(error_500_rate=1.0)
     batch_id, messages = start_batch(request("a"))
     event = sqs_event(messages)
@@ -313,7 +358,7 @@ def test_5xx_answers_are_retried_later_until_the_attempts_run_out(sim, store, st
 
     for attempt in range(1, max_attempts):
         response = batch_worker.handle(event, LambdaContext())
-        assert returned(response) == {messages[0]["MessageId"]}
+        assert returned(response) == set()
         assert item(batch_settings, batch_id, 1)["attempts"] == attempt
         assert "outcome" not in item(batch_settings, batch_id, 1)
     response = batch_worker.handle(event, LambdaContext())
@@ -335,27 +380,63 @@ def test_a_5xx_comes_back_after_a_backoff_and_its_success_is_recorded(
     sim.inject(CHAT_PATH, 503)
 
     first = batch_worker.handle(sqs_event(messages), LambdaContext())
-    returned_at = time.time()
-    visible_at_once = deliveries(work_queue)
+    handled_at = time.time()
 
-    assert returned(first) == {messages[0]["MessageId"]}
-    assert visible_at_once == [], "not before the backoff"
-    again = []
-    while not again and time.time() < returned_at + 3:  # the first backoff is 1 to 2 s
-        time.sleep(0.2)
-        again = deliveries(work_queue)
-    assert [m["MessageId"] for m in again] == [messages[0]["MessageId"]], (
-        "the backoff is a visibility timeout"
-    )
+    assert returned(first) == set()
+    assert deliveries(work_queue) == [], "not before the backoff"
+    again = sent_again(work_queue, 1, within=3)  # the first backoff is 1 to 2 s
+    assert len(again) == 1 and time.time() - handled_at >= 0.9
+    assert item(batch_settings, batch_id, 1)["attempts"] == 1
     second = batch_worker.handle(sqs_event(again), LambdaContext())
     assert second == {"batchItemFailures": []}
-    assert [call.status for call in chat_calls(sim)] == [503, 200]
     result = outcomes(store, batch_id)[1]
     assert result["ok"] is True
-    assert result["attempts"] == 1
+    assert [call.status for call in chat_calls(sim)] == [503, 200]
 
 
-# -- cancelled, expired, dead letters --------------------------------------------------------------
+# -- an account out of credits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 403])
+def test_an_account_out_of_credits_pauses_the_work_probes_it_and_resumes_by_itself(
+    sim, store, start_batch, work_queue, batch_settings, notifications, monkeypatch, status
+):
+    monkeypatch.setenv("ACCOUNT_PROBE_SECONDS", "1")
+    from xjobs.settings import get_settings
+
+    get_settings.cache_clear()
+    notifications.read()
+    batch_id, messages = start_batch(request("a"), request("b"), request("c"))
+    sim.update(credits_exhausted=True, credits_exhausted_status=status)
+
+    # WHEN xAI answers the billing error, no request fails: all wait, and the block is announced once
+    assert batch_worker.handle(sqs_event(messages), LambdaContext()) == {"batchItemFailures": []}
+    assert store.get(batch_id)["done"] == 0
+    waiting = sent_again(work_queue, 3, within=4)
+    assert len(waiting) == 3
+    notices = notifications.read()
+    assert [n["attributes"]["event"] for n in notices] == ["account.blocked"]
+    assert notices[0]["message"]["account"]["status_code"] == status
+    assert "credits" in notices[0]["message"]["account"]["message"]
+
+    # WHILE it lasts, one request per probe interval tries; the others wait without calling xAI
+    calls_before = len(chat_calls(sim))
+    time.sleep(1.0)  # the probe interval has passed
+    assert batch_worker.handle(sqs_event(waiting), LambdaContext()) == {"batchItemFailures": []}
+    assert len(chat_calls(sim)) == calls_before + 1, "one probe"
+    waiting = sent_again(work_queue, 3, within=4)
+    assert len(waiting) == 3 and store.get(batch_id)["done"] == 0
+
+    # WHEN credits return, the next probe goes through and lifts the block for everyone
+    sim.update(credits_exhausted=False)
+    time.sleep(1.0)
+    batch_worker.handle(sqs_event(waiting), LambdaContext())
+    assert upstream.account().blocked(fresh=True) is None
+    assert [n["attributes"]["event"] for n in notifications.read()] == ["account.resumed"]
+    rest = sent_again(work_queue, 2, within=5)
+    batch_worker.handle(sqs_event(rest), LambdaContext())
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (3, 0), "every request answered, none failed"
 
 
 def test_requests_of_a_cancelled_batch_become_error_lines_without_calling_xai(sim, store, start_batch):

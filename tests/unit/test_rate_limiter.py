@@ -3,11 +3,21 @@
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
 
-from xjobs.limiter import MAX_BLOCK_SECONDS, WINDOW_RETENTION_SECONDS, RateLimiter
+from xjobs.limiter import (
+    CUT_FAR,
+    CUT_NEAR,
+    GROW_EVERY_SECONDS,
+    GROW_FAST,
+    MAX_BLOCK_SECONDS,
+    WINDOW_RETENTION_SECONDS,
+    AdaptiveRate,
+    RateLimiter,
+)
 
 
 def leave_time_in_window(window_seconds: float, needed: float) -> None:
@@ -297,3 +307,139 @@ def test_block_keeps_the_window_expiry_of_a_window_in_use(limits_table, unique):
     item = window_item(limits_table, scope, window)
     assert item["used"] == limiter.capacity
     assert item["expires_at"] == expires
+
+
+# -- the adaptive rate -----------------------------------------------------------------------------
+
+
+def test_a_fractional_rate_alternates_window_capacities_that_add_up_to_it(limits_table):
+    limiter = RateLimiter(limits_table, "fraction", 9.5)
+
+    capacities = [limiter.capacity_of(window) for window in range(1000, 1010)]
+
+    assert set(capacities) == {9, 10}
+    assert sum(capacities) == 95
+
+
+def test_the_rate_starts_from_the_configuration(limits_table, unique):
+    rate = AdaptiveRate(limits_table, unique("start"), 600, 60_000).read()
+
+    assert (rate.requests_per_minute, rate.tokens_per_minute, rate.epoch, rate.version) == (600, 60_000, 0, 0)
+
+
+def test_concurrent_429s_of_one_epoch_cut_the_rate_once(limits_table, unique):
+    # GIVEN ten workers that all got a 429 for requests admitted under the configured rate
+    scope = unique("cut")
+    workers = [AdaptiveRate(limits_table, scope, 600, 60_000) for _ in range(10)]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda worker: worker.cut(0), workers))
+
+    # THEN the shared rate took one multiplicative step down, not ten
+    rate = AdaptiveRate(limits_table, scope, 600, 60_000).read()
+    assert rate.requests_per_minute == pytest.approx(600 * CUT_FAR)
+    assert rate.tokens_per_minute == pytest.approx(60_000 * CUT_FAR)
+    assert (rate.epoch, rate.ceiling) == (1, 600)
+
+    # AND a late 429 of a request admitted before the cut changes nothing
+    assert workers[0].cut(0).requests_per_minute == pytest.approx(600 * CUT_FAR)
+    # AND a 429 under the new rate, near the ceiling it found, steps back less
+    near = AdaptiveRate(limits_table, scope, 600, 60_000)
+    for _ in range(8):  # climb back to the ceiling (grow waits a second between steps)
+        rate = near.read(fresh=True)
+        rate = near._write(rate, 600, 60_000)
+    assert near.cut(rate.epoch).requests_per_minute == pytest.approx(600 * CUT_NEAR)
+
+
+def test_the_rate_climbs_fast_far_below_the_last_429_then_slowly_and_once_a_second(limits_table, unique):
+    scope = unique("grow")
+    rate = AdaptiveRate(limits_table, scope, 600, 60_000)
+    rate.cut(0)  # 450 a minute, ceiling 600
+
+    assert rate.grow().requests_per_minute == pytest.approx(450), "not within a second of the cut"
+    steps = []
+    for _ in range(7):
+        time.sleep(GROW_EVERY_SECONDS + 0.05)
+        steps.append(rate.grow().requests_per_minute)
+        assert AdaptiveRate(limits_table, scope, 600, 60_000).read().requests_per_minute == steps[-1]
+
+    # 450 -> 472.5 -> 496.1 -> 520.9 -> 540 (0.9 of the ceiling) -> then 0.5 % a step
+    assert steps[:4] == pytest.approx([450 * 1.05, 450 * 1.05**2, 450 * 1.05**3, 540], abs=0.01)
+    assert steps[4:] == pytest.approx([540 * 1.005, 540 * 1.005**2, 540 * 1.005**3], abs=0.01)
+    assert rate.read().tokens_per_minute == pytest.approx(60_000 * steps[-1] / 600, rel=1e-4)
+
+
+def test_concurrent_growers_take_one_step(limits_table, unique):
+    scope = unique("grow-once")
+    workers = [AdaptiveRate(limits_table, scope, 600, 60_000) for _ in range(10)]
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda worker: worker.grow(), workers))
+    took = time.time() - started
+
+    rate = AdaptiveRate(limits_table, scope, 600, 60_000).read()
+    steps = 1 + math.floor(took / GROW_EVERY_SECONDS)  # one, unless the host took seconds for it
+    assert 1 <= rate.version <= steps
+    assert rate.requests_per_minute == pytest.approx(600 * (1 + GROW_FAST) ** rate.version, abs=0.01)
+
+
+def test_stated_limits_replace_the_learned_ones_and_cap_the_climb(limits_table, unique):
+    scope = unique("stated")
+    rate = AdaptiveRate(limits_table, scope, 6000, 10_000_000)
+
+    stated = rate.stated(600, 90_000)
+    assert (stated.requests_per_minute, stated.tokens_per_minute, stated.stated) == (600, 90_000, 600)
+    assert rate.stated(600, 90_000).version == stated.version, "the same statement writes nothing"
+    time.sleep(GROW_EVERY_SECONDS + 0.05)
+    assert rate.grow().requests_per_minute == 600, "never above what xAI states"
+
+
+def test_a_new_configuration_starts_again_from_it(limits_table, unique):
+    scope = unique("reconfigured")
+    AdaptiveRate(limits_table, scope, 600, 60_000).cut(0)
+
+    fresh = AdaptiveRate(limits_table, scope, 1200, 60_000)
+    assert fresh.read().requests_per_minute == 1200
+    assert fresh.cut(0).requests_per_minute == pytest.approx(1200 * CUT_FAR)
+
+
+def test_quarter_second_windows_spread_a_second_of_requests(limits_table, unique):
+    limiter = RateLimiter(limits_table, unique("quarter"), 10, window_seconds=0.25)
+
+    assert limiter.window_seconds == 0.25
+    assert [limiter.capacity_of(w) for w in range(4000, 4004)] == [2, 3, 2, 3]
+    assert limiter.try_acquire(requests=4) > 0, "more than a window holds is refused at once"
+
+
+def test_busy_means_the_last_second_admitted_about_the_whole_rate(limits_table, unique):
+    for _ in range(3):  # a second in which the slow host missed a window is tried again
+        scope = unique("busy")
+        limiter = RateLimiter(limits_table, scope, 8, window_seconds=0.25)
+        leave_time_in_window(1.0, needed=0.95)
+        second = math.floor(time.time())
+        last = 4 * second + 3  # the second's last quarter
+        admitted = []
+        for quarter in range(4):  # every window of this second used to its capacity
+            time.sleep(max(0.0, second + quarter / 4 + 0.01 - time.time()))
+            admitted.append(limiter.try_acquire(requests=2) == 0.0)
+        if all(admitted):
+            break
+    assert all(admitted), "precondition: the host was too slow"
+
+    assert limiter.busy(last)
+    assert not limiter.busy(last - 2), "half of it was the second before, unused"
+    other = RateLimiter(limits_table, scope, 20, window_seconds=0.25)  # a rate it did not use
+    assert not other.busy(last)
+
+
+def test_what_xai_accepted_is_admissions_minus_429s_over_the_last_second(limits_table, unique):
+    limiter = RateLimiter(limits_table, unique("accepted"), 40, window_seconds=0.25)
+    leave_time_in_window(1.0, needed=0.5)
+    assert limiter.try_acquire(requests=10) == 0.0
+    window = limiter.last_window
+
+    limiter.count_refused(window)
+    assert limiter.accepted_per_minute(window) is None, "one 429 says too little"
+    for _ in range(5):
+        limiter.count_refused(window)
+
+    assert limiter.accepted_per_minute(window) == pytest.approx((10 - 6) * 60)

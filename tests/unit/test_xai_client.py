@@ -15,6 +15,7 @@ from xjobs.xai import (
     XaiClient,
     XaiRateLimited,
     XaiRejected,
+    XaiSubmitUnknown,
     XaiUnavailable,
 )
 
@@ -60,6 +61,76 @@ def test_video_status_goes_from_pending_to_done_with_a_video_url(sim, xai, settl
     assert last.progress == 100
     assert last.video_url == f"{sim.url}/media/{request_id}.mp4"
     assert last.error is None
+
+
+@pytest.mark.parametrize("body_rate", [0.0, 1.0], ids=["empty-202", "202-with-body"])
+def test_a_pending_video_answering_202_with_or_without_a_body_is_pending(sim, xai, body_rate):
+    # Regression: an empty 202 (as xAI's spec declares it) was read with .json() and the job failed
+    # with JSONDecodeError while xAI went on rendering the video.
+    sim.update(video_pending_body_rate=body_rate, video_duration_median=30.0)
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+
+    status = xai.status(VIDEO_GENERATION, request_id)
+
+    assert sim.calls[-1].status == 202
+    assert status.state == "pending" and status.error is None
+    if body_rate:
+        assert status.progress is not None and 0 <= status.progress < 100
+    else:
+        assert status.progress is None
+
+
+def test_a_moderated_video_fails_with_our_code_xais_message_and_its_cost(sim, xai, settle):
+    sim.update(video_moderation_rate=1.0)
+    request_id = xai.submit(VIDEO_GENERATION, {**VIDEO, "duration": 2})
+
+    status = settle(xai, VIDEO_GENERATION, request_id)
+
+    assert sim.calls[-1].status == 400
+    assert status.state == "failed" and status.video_url is None
+    assert status.error == {
+        "code": "content_moderated",
+        "message": "Generated video rejected by content moderation.",
+        "cost_in_usd_ticks": 2 * 500_000_000,
+    }
+
+
+def test_an_expired_video_reports_expired_with_a_clear_error(sim, xai, settle):
+    sim.update(video_expired_rate=1.0)
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+
+    status = settle(xai, VIDEO_GENERATION, request_id)
+
+    assert status.state == "expired"
+    assert status.error["code"] == "expired" and "no longer available" in status.error["message"]
+
+
+def test_a_400_on_a_video_poll_that_is_not_moderation_is_a_rejection(http_peer, make_client):
+    http_peer.status = 400
+    http_peer.body = b'{"code": "Client specified an invalid argument", "error": "Bad request id"}'
+
+    with pytest.raises(XaiRejected) as caught:
+        make_client(http_peer.url).status(VIDEO_GENERATION, "some-id")
+
+    assert (caught.value.code, caught.value.message) == ("invalid_argument", "Bad request id")
+
+
+def test_flat_error_bodies_give_the_grpc_status_name_and_xais_text(sim, xai):
+    with pytest.raises(XaiRejected) as caught:
+        xai.chat({**CHAT, "presence_penalty": 0.5})
+
+    assert caught.value.status_code == 400
+    assert caught.value.code == "invalid_argument"
+    assert caught.value.message == "Model grok-4 does not support parameter presencePenalty."
+
+
+@pytest.mark.sends_invalid_requests
+def test_a_plain_text_422_keeps_its_text(sim, xai):
+    with pytest.raises(XaiRejected) as caught:
+        xai.submit(VIDEO_GENERATION, {"model": "grok-imagine-video"})
+
+    assert caught.value.status_code == 422 and caught.value.code == "http_422"
+    assert "missing field `prompt`" in caught.value.message
 
 
 def test_a_fresh_seed_shaped_simulator_gives_the_same_answers(make_client, settle):
@@ -117,14 +188,14 @@ def test_deferred_chat_is_pending_then_done_then_expired_because_it_is_handed_ou
 
 
 def test_chat_returns_the_completion_and_the_rate_limit_headers(sim, xai):
-    sim.update(requests_per_minute=100)
+    sim.update(requests_per_minute=6000, rate_limit_headers=True)  # headers: an extension xAI lacks
 
     reply = xai.chat(CHAT)
 
     assert reply.status_code == 200
     assert reply.body["choices"][0]["message"]["content"] == "echo: hello there"
-    assert reply.limits.limit_requests == 100
-    assert reply.limits.remaining_requests == 99
+    assert reply.limits.limit_requests == 6000
+    assert reply.limits.remaining_requests == 99  # of the second's 100
 
 
 # -- 429 -------------------------------------------------------------------------------------------
@@ -141,9 +212,8 @@ def test_injected_429_raises_rate_limited_with_the_retry_after_and_is_not_retrie
 
 
 def test_requests_per_minute_limit_raises_rate_limited_with_parsed_limits(sim, xai):
-    # Given an account allowing 2 requests per minute, both already used
-    sim.update(requests_per_minute=2)
-    xai.chat(CHAT)
+    # Given an account allowing 2 requests per minute (one per 30 s), the one already used
+    sim.update(requests_per_minute=2, rate_limit_headers=True, retry_after=True)  # the headers extension
     xai.chat(CHAT)
 
     # When a third request is made
@@ -152,10 +222,10 @@ def test_requests_per_minute_limit_raises_rate_limited_with_parsed_limits(sim, x
 
     # Then the wait and the x-ratelimit-* headers are reported
     limited = caught.value
-    assert 0 < limited.retry_after <= 60
+    assert 0 < limited.retry_after <= 30
     assert limited.limits.limit_requests == 2
     assert limited.limits.remaining_requests == 0
-    assert 0 < limited.limits.reset_requests <= 60
+    assert 0 < limited.limits.reset_requests <= 30
     assert limited.limits.limit_tokens is None
     assert sim.count("/v1/chat/completions", status=429) == 1
 
@@ -210,14 +280,24 @@ def test_429_with_an_unparseable_retry_after_still_raises_rate_limited(http_peer
 
 
 @pytest.mark.parametrize("fault", [500, 503, "reset"])
-def test_one_server_fault_then_success_is_retried_and_succeeds(sim, xai, fault):
+def test_one_server_fault_then_success_is_retried_and_succeeds_on_a_read(sim, xai, fault):
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+    sim.inject(f"/v1/videos/{request_id}", fault)
+
+    status = xai.status(VIDEO_GENERATION, request_id)
+
+    assert status.state == "pending"
+    assert sim.count(f"/v1/videos/{request_id}") == 2
+
+
+@pytest.mark.parametrize("fault", [500, 503, "reset"])
+def test_a_server_fault_after_a_submit_was_sent_is_not_retried(sim, xai, fault):
     sim.inject("/v1/videos/generations", fault)
 
-    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+    with pytest.raises(XaiSubmitUnknown):
+        xai.submit(VIDEO_GENERATION, VIDEO)
 
-    assert sim.finish_at(request_id) is not None
-    assert sim.count("/v1/videos/generations") == 2
-    assert sim.count("/v1/videos/generations", status=200) == 1
+    assert sim.count("/v1/videos/generations") == 1, "xAI may have it: a second submit could pay twice"
 
 
 def test_persistent_503_raises_unavailable_after_max_attempts(sim, make_client):
@@ -235,12 +315,12 @@ def test_persistent_503_raises_unavailable_after_max_attempts(sim, make_client):
 def test_a_hang_longer_than_the_timeout_raises_unavailable(make_client, api_key):
     config = SimulatorConfig(api_key=api_key, hang_seconds=2.0)
     with XaiSimulator(config) as hanging:
-        hanging.inject("/v1/videos/generations", "hang", "hang")
+        hanging.inject("/v1/videos/", "hang", "hang")
         client = make_client(hanging.base_url, timeout=0.5, max_attempts=2)
         started = time.monotonic()
 
         with pytest.raises(XaiUnavailable) as caught:
-            client.submit(VIDEO_GENERATION, VIDEO)
+            client.status(VIDEO_GENERATION, "some-id")
 
         elapsed = time.monotonic() - started
     assert "timed out" in str(caught.value)
@@ -268,6 +348,7 @@ def test_accepted_submit_without_a_request_id_raises_unavailable(http_peer, make
 # -- 4xx -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sends_invalid_requests
 def test_400_raises_rejected_with_the_simulators_message_and_code(sim, xai):
     with pytest.raises(XaiRejected) as caught:
         xai.submit(VIDEO_GENERATION, {**VIDEO, "duration": 99})
@@ -304,11 +385,11 @@ def test_the_api_key_never_appears_in_exception_messages(sim, make_client, api_k
     wrong_key = "sk-wrong-key-that-must-never-leak-42"
     leaks = []
 
-    # 401: the simulator refuses the key
+    # 400: xAI refuses a wrong key as an invalid argument
     client = make_client(sim.base_url, api_key=wrong_key)
     with pytest.raises(XaiRejected) as rejected:
         client.submit(VIDEO_GENERATION, VIDEO)
-    assert rejected.value.status_code == 401
+    assert rejected.value.status_code == 400 and rejected.value.code == "invalid_argument"
     leaks.append(_error_text(rejected.value))
 
     # 429, 503 and timeouts with the right key
@@ -317,9 +398,13 @@ def test_the_api_key_never_appears_in_exception_messages(sim, make_client, api_k
     with pytest.raises(XaiRateLimited) as limited:
         client.submit(VIDEO_GENERATION, VIDEO)
     leaks.append(_error_text(limited.value))
-    sim.inject("/v1/videos/generations", 503, 503)
-    with pytest.raises(XaiUnavailable) as unavailable:
+    sim.inject("/v1/videos/generations", 503)
+    with pytest.raises(XaiSubmitUnknown) as unknown:
         client.submit(VIDEO_GENERATION, VIDEO)
+    leaks.append(_error_text(unknown.value))
+    sim.inject("/v1/videos/", 503, 503)
+    with pytest.raises(XaiUnavailable) as unavailable:
+        client.status(VIDEO_GENERATION, "some-id")
     leaks.append(_error_text(unavailable.value))
 
     for text in leaks:
@@ -330,22 +415,41 @@ def test_the_api_key_never_appears_in_exception_messages(sim, make_client, api_k
 # -- cancel ----------------------------------------------------------------------------------------
 
 
-def test_cancel_of_a_pending_video_succeeds_and_the_video_ends_cancelled(sim, xai):
+def test_cancel_calls_no_route_xai_lacks_unless_told_the_upstream_has_one(sim, xai):
+    request_id = xai.submit(VIDEO_GENERATION, VIDEO)
+
+    assert xai.cancel(VIDEO_GENERATION, request_id) is False
+
+    assert [c.path for c in sim.calls] == ["/v1/videos/generations"]
+    assert xai.status(VIDEO_GENERATION, request_id).state == "pending"
+
+
+@pytest.fixture
+def cancelling(sim, make_client):
+    """The simulator and a client both with the video cancel route (an extension)."""
+    sim.update(video_cancel=True)
+    return make_client(sim.base_url, video_cancel=True)
+
+
+def test_cancel_of_a_pending_video_succeeds_and_the_video_ends_cancelled(sim, cancelling):
+    xai = cancelling
     request_id = xai.submit(VIDEO_GENERATION, VIDEO)
 
     assert xai.cancel(VIDEO_GENERATION, request_id) is True
 
     status = xai.status(VIDEO_GENERATION, request_id)
     assert status.state == "failed"
-    assert status.error["code"] == "cancelled"
+    assert status.error == {"code": "failed_precondition", "message": "Cancelled by request"}
 
 
-def test_cancel_of_an_unknown_video_is_false(sim, xai):
+def test_cancel_of_an_unknown_video_is_false(sim, cancelling):
+    xai = cancelling
     assert xai.cancel(VIDEO_GENERATION, "no-such-id") is False
     assert sim.count("/v1/videos/no-such-id/cancel", status=404) == 1
 
 
-def test_cancel_of_a_finished_video_is_false(sim, xai, settle):
+def test_cancel_of_a_finished_video_is_false(sim, cancelling, settle):
+    xai = cancelling
     request_id = xai.submit(VIDEO_GENERATION, VIDEO)
     settle(xai, VIDEO_GENERATION, request_id)
 

@@ -1,38 +1,56 @@
 """HTTP routes for jobs, and the one place that maps errors to HTTP answers."""
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import Router
 
 from . import batches, jobs
+from .files import FileNotFound
 from .loop import wake
 from .models import BadRequest, parse_job_request
 from .notify import check_callback_token
+from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
-from .upstream import secret
+from .upstream import account, secret
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
-logger = Logger(child=True)
 router = Router()
 
 MAX_PAGE = 100
 
 
-class Forbidden(PermissionError):
+class Unauthenticated(PermissionError):
     pass
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return Response(status, "application/json", {"error": {"code": code, "message": message}})
+def error(
+    status: int, code: str | None, message: str, *, param: str | None = None, kind: str = ""
+) -> Response:
+    """An error in OpenAI's shape, so the openai SDK raises its typed error with our message and code."""
+    kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
+    # Every error answer of the API leaves this one log line.
+    logger.info("request refused", extra={"status_code": status, "code": code, "reason": message})
+    return Response(
+        status,
+        "application/json",
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
+    )
 
 
 def tenant_of(app) -> str:
-    tenant = (app.current_event.request_context.identity.api_key_id or "").strip()
+    """The caller's tenant, as the API's authorizer put it in the request context."""
+    authorizer = app.current_event.raw_event.get("requestContext", {}).get("authorizer") or {}
+    tenant = str(authorizer.get("tenant") or "").strip()
     if not tenant:
-        raise Forbidden("this API needs an API key")
+        raise Unauthenticated("this API needs an API key: send Authorization: Bearer <key>")
     return tenant
+
+
+def paused(view: dict, running: bool) -> dict:
+    """A running job or batch says why it waits while the xAI account is blocked (account.py)."""
+    block = account().blocked() if running else None
+    return view | block.view() if block else view
 
 
 def page_limit(params: dict) -> int:
@@ -65,6 +83,8 @@ def _submit(kind: str) -> Response:
     request = parse_job_request(kind, event.body)
     key = event.headers.get("Idempotency-Key") or event.headers.get("idempotency-key")
     job = submit_job(tenant_of(router), kind, request, key, router.lambda_context)
+    if kind == DEFERRED_CHAT:
+        job["request_id"] = job["id"]  # what xAI's deferred chat answers: the id to read the result with
     return Response(202, "application/json", job)
 
 
@@ -83,10 +103,32 @@ def create_deferred_chat():
     return _submit(DEFERRED_CHAT)
 
 
+@router.get("/v1/chat/deferred-completion/<request_id>")
+def get_deferred_completion(request_id: str):
+    """xAI's route for a deferred chat result: 202 with no body while the job runs, 200 with the chat
+    completion once done. Unlike xAI's, it can be read again, until the job expires."""
+    job = _store().get_for_tenant(request_id, tenant_of(router))
+    if job["kind"] != DEFERRED_CHAT:
+        raise jobs.JobNotFound(request_id)
+    if job["status"] in jobs.ACTIVE:
+        return Response(202, "application/json", "")
+    view = job_view(job)
+    if job["status"] == jobs.COMPLETED and view["result"] is not None:
+        return view["result"]
+    problem = view.get("error") or {}
+    return error(
+        410,
+        problem.get("code") or job["status"],
+        f"the deferred completion ended {job['status']} without a result"
+        + (f": {problem['message']}" if problem.get("message") else ""),
+    )
+
+
 @router.get("/v1/jobs/<job_id>")
 @router.get("/v1/videos/<job_id>")
 def get_job(job_id: str):
-    return job_view(_store().get_for_tenant(job_id, tenant_of(router)))
+    job = _store().get_for_tenant(job_id, tenant_of(router))
+    return paused(job_view(job), job["status"] not in jobs.TERMINAL)
 
 
 @router.get("/v1/jobs")
@@ -123,34 +165,40 @@ def upstream_callback(job_id: str):
 
 
 def register_error_handlers(app: APIGatewayRestResolver) -> None:
+    """Every error the API answers, in OpenAI's shape and with the status OpenAI uses for it."""
+
     @app.exception_handler(BadRequest)
     def bad_request(exc: BadRequest):
-        return _error(400, "invalid_request", str(exc))
+        return error(400, "invalid_request", str(exc), param=exc.param)
 
-    @app.exception_handler(Forbidden)
-    def forbidden(exc: Forbidden):
-        return _error(403, "forbidden", str(exc))
+    @app.exception_handler(Unauthenticated)
+    def unauthenticated(exc: Unauthenticated):
+        return error(401, "invalid_api_key", str(exc))
 
     @app.exception_handler(jobs.JobNotFound)
     def not_found(exc: jobs.JobNotFound):
-        return _error(404, "not_found", f"no job {exc.args[0]}")
+        return error(404, "not_found", f"no job {exc.args[0]}")
 
     @app.exception_handler(batches.BatchNotFound)
     def batch_not_found(exc: batches.BatchNotFound):
-        return _error(404, "not_found", f"no batch {exc.args[0]}")
+        return error(404, "not_found", f"no batch {exc.args[0]}")
+
+    @app.exception_handler(FileNotFound)
+    def file_not_found(exc: FileNotFound):
+        return error(404, "not_found", f"no file {exc.args[0]}")
 
     @app.exception_handler([jobs.JobConflict, batches.BatchConflict])
     def conflict(exc: Exception):
-        return _error(409, "conflict", str(exc))
+        return error(409, "conflict", str(exc))
 
     @app.exception_handler(IdempotencyKeyReused)
     def key_reused(exc: IdempotencyKeyReused):
-        return _error(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request")
+        return error(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request")
 
     @app.exception_handler(RequestInProgress)
     def in_progress(exc: RequestInProgress):
-        return _error(409, "request_in_progress", "a request with this Idempotency-Key is still in progress")
+        return error(409, "request_in_progress", "a request with this Idempotency-Key is still in progress")
 
     @app.not_found
     def no_route(exc):
-        return _error(404, "not_found", "no such route")
+        return error(404, "unknown_url", "no such route")

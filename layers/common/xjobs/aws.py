@@ -4,13 +4,28 @@ boto3 (with botocore's config machinery, ~300 ms) is imported on first use rathe
 import, so handlers that import this module do not pay for it during their cold start's import.
 """
 
+import logging
 import threading
 from functools import cache
+
+
+def quiet_botocore() -> None:
+    """botocore at DEBUG logs whole requests and responses (the secrets Secrets Manager returns among
+    them): keep it at INFO or above whatever LogLevel or the root logger says."""
+    for name in ("botocore", "boto3", "urllib3"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
+quiet_botocore()
 
 
 @cache
 def _config():
     from botocore.config import Config
+
+    quiet_botocore()
 
     return Config(
         connect_timeout=3,
@@ -24,7 +39,26 @@ def _config():
 def client(service: str):
     import boto3
 
-    return boto3.session.Session().client(service, config=_config())
+    config = _config()
+    if service == "s3":
+        from botocore.config import Config
+
+        # botocore presigns S3 URLs with SigV2 by default, which buckets created since 2020 refuse.
+        config = config.merge(Config(signature_version="s3v4"))
+    return boto3.session.Session().client(service, config=config)
+
+
+@cache
+def publisher():
+    """SNS for announcements: one attempt within 7 s, no SDK retry. A retry after a timeout would
+    publish a second time if the first had landed; the announcer's lease and the state machine's
+    retry decide instead, and the announcer always ends well inside its lease."""
+    import boto3
+    from botocore.config import Config
+
+    quiet_botocore()
+    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
+    return boto3.session.Session().client("sns", config=config)
 
 
 _local = threading.local()

@@ -3,37 +3,30 @@
 import hashlib
 from typing import Annotated, Literal
 
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import aws, batches
-from .api import list_page, page_limit, tenant_of
+from .api import list_page, page_limit, paused, tenant_of
 from .batch_ingest import INCOMING_PREFIX
+from .file_api import file_store
+from .files import FileNotFound
 from .ids import new_id
 from .models import BadRequest, validate_body
+from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused
 from .views import batch_view
 
-logger = Logger(child=True)
 router = Router()
 
-UPLOAD_URL_SECONDS = 3600
 MAX_COMPLETION_WINDOW_SECONDS = 86400
 MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512
 
 
-class NewFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    purpose: Literal["batch"] = "batch"
-    filename: str | None = Field(default=None, max_length=256)
-
-
 class NewBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input_file_id: str = Field(pattern=r"^file_[0-9A-Z]{26}$")
+    input_file_id: str = Field(pattern=r"^file_[0-9A-Z]{26}$", description="an uploaded file's id")
     endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
     # OpenAI accepts "24h" only; shorter windows ("90s", "30m", "2h") end a batch sooner.
     completion_window: str = Field(default="24h", pattern=r"^[1-9][0-9]{0,5}[smh]$", max_length=7)
@@ -57,10 +50,6 @@ def _body(model: type[BaseModel]):
     return validate_body(model, router.current_event.body or "{}")
 
 
-def _file_key(tenant: str, file_id: str) -> str:
-    return f"files/{tenant}/{file_id}.jsonl"
-
-
 def _batch_id_for_key(tenant: str, idempotency_key: str) -> str:
     digest = hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()[:26].upper()
     return f"batch_{digest}"
@@ -71,41 +60,17 @@ def _store() -> batches.BatchStore:
     return batches.BatchStore(settings.batches_table, settings.batch_items_table)
 
 
-@router.post("/v1/files")
-def create_file():
-    """A presigned URL the caller PUTs the JSONL file to: large files never pass through the API."""
-    request = _body(NewFile)
-    file_id = new_id("file")
-    url = aws.client("s3").generate_presigned_url(
-        "put_object",
-        Params={"Bucket": get_settings().data_bucket, "Key": _file_key(tenant_of(router), file_id)},
-        ExpiresIn=UPLOAD_URL_SECONDS,
-    )
-    return Response(
-        201,
-        "application/json",
-        {
-            "id": file_id,
-            "object": "file",
-            "purpose": request.purpose,
-            "filename": request.filename,
-            "upload_url": url,
-            "upload_method": "PUT",
-            "expires_in": UPLOAD_URL_SECONDS,
-        },
-    )
-
-
 @router.post("/v1/batches")
 def create_batch():
     request = _body(NewBatch)
     tenant = tenant_of(router)
     settings = get_settings()
     s3 = aws.client("s3")
-    source = _file_key(tenant, request.input_file_id)
     try:
-        s3.head_object(Bucket=settings.data_bucket, Key=source)
-    except s3.exceptions.ClientError:
+        source = file_store().get(request.input_file_id, tenant)
+    except FileNotFound:
+        source = None
+    if source is None or source.get("bytes") is None:
         raise BadRequest(f"field 'input_file_id': no uploaded file {request.input_file_id}") from None
     key = router.current_event.headers.get("Idempotency-Key") or router.current_event.headers.get(
         "idempotency-key"
@@ -134,7 +99,7 @@ def create_batch():
     s3.copy_object(
         Bucket=settings.data_bucket,
         Key=incoming,
-        CopySource={"Bucket": settings.data_bucket, "Key": source},
+        CopySource={"Bucket": settings.data_bucket, "Key": source["key"]},
         Metadata={"xjobs-batch-id": batch_id, "xjobs-tenant": tenant},
         MetadataDirective="REPLACE",
     )
@@ -144,7 +109,8 @@ def create_batch():
 
 @router.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str):
-    return batch_view(_store().get_for_tenant(batch_id, tenant_of(router)))
+    batch = _store().get_for_tenant(batch_id, tenant_of(router))
+    return paused(batch_view(batch), batch["status"] in batches.RUNNING)
 
 
 @router.get("/v1/batches")

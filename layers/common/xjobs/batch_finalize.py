@@ -10,15 +10,13 @@ nothing twice.
 import json
 import time
 
-from aws_lambda_powertools import Logger
-
 from . import aws, batches, notify
+from .observability import logger
 from .settings import get_settings
 from .views import batch_view
 
-logger = Logger(child=True)
-
 PART_BYTES = 8 << 20  # S3 parts are at least 5 MiB, except the last
+TOUCH_EVERY = 5_000  # results written between two signs of life to the sweeper
 
 
 def finalize(batch_id: str) -> dict | None:
@@ -27,7 +25,7 @@ def finalize(batch_id: str) -> dict | None:
     batch = store.get(batch_id)
     if batch is None:
         return None
-    logger.append_keys(batch_id=batch_id)
+    logger.append_keys(batch_id=batch_id, tenant=batch["tenant"])
     if batch["status"] == batches.FINALIZING:
         counts = _write_files(store, batch, settings.data_bucket)
         status, errors = _final_status(batch, counts)
@@ -79,6 +77,8 @@ def _write_files(store: batches.BatchStore, batch: dict, bucket: str) -> dict:
                 line = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
             (output if item["ok"] else errors).write(line)
             counts["ok" if item["ok"] else "failed"] += 1
+            if (counts["ok"] + counts["failed"]) % TOUCH_EVERY == 0:
+                store.touch(batch["id"])
         output.close()
         errors.close()
     except Exception:
@@ -89,25 +89,24 @@ def _write_files(store: batches.BatchStore, batch: dict, bucket: str) -> dict:
 
 
 def _announce(store: batches.BatchStore, batch: dict, topic_arn: str) -> None:
-    if not store.claim(batch["id"], batches.NOTIFIED_FLAG):
-        return
-    try:
-        notify.publish(
+    """Once (see notify.announce_once): a finalizer that dies holding the lease leaves it to expire,
+    and Lambda's retry of the asynchronous invocation announces."""
+    event_id = notify.event_id(batch["id"])
+    announced = notify.announce_once(
+        store.table,
+        {"id": batch["id"]},
+        lambda: notify.publish(
             topic_arn,
-            {"batch": batch_view(batch, links=False)},
+            {"id": event_id, "batch": batch_view(batch, links=False)},
             event=f"batch.{batch['status']}",
+            event_id=event_id,
             kind="chat.batch",
             status=batch["status"],
             tenant=batch["tenant"],
-        )
-    except Exception:
-        store.table.update_item(
-            Key={"id": batch["id"]},
-            UpdateExpression="REMOVE #flag",
-            ExpressionAttributeNames={"#flag": batches.NOTIFIED_FLAG},
-        )
-        raise
-    logger.info("batch announced", extra={"status": batch["status"]})
+        ),
+    )
+    if announced:
+        logger.info("batch announced", extra={"status": batch["status"]})
 
 
 class _JsonlUpload:

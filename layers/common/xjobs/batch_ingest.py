@@ -22,16 +22,15 @@ import hashlib
 import json
 import time
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass
 
-from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from . import aws, batches
 from .batch_lines import BadLine, custom_id_of, error_line, estimated_tokens, parse_line
+from .observability import logger, metric
 from .settings import get_settings
-
-logger = Logger(child=True)
 
 CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 8 << 20
@@ -56,14 +55,18 @@ def handle_s3_event(event: dict, context) -> list[str]:
     """Start (or resume) the batch of every object the event announces; returns their batch ids."""
     started = []
     for record in event.get("Records", []):
-        s3 = record["s3"]
-        key = urllib.parse.unquote_plus(s3["object"]["key"])
+        key = s3_key(record)
         if not key.startswith(INCOMING_PREFIX):
             continue
-        started.append(open_batch(s3["bucket"]["name"], key))
+        started.append(open_batch(record["s3"]["bucket"]["name"], key))
     for batch_id in started:
         ingest(batch_id, context)
     return started
+
+
+def s3_key(record: dict) -> str:
+    """The object key of an S3 event record (URL-encoded there, space as "+")."""
+    return urllib.parse.unquote_plus(record["s3"]["object"]["key"])
 
 
 def open_batch(bucket: str, key: str) -> str:
@@ -95,7 +98,7 @@ def ingest(batch_id: str, context) -> None:
     batch = store.get(batch_id)
     if batch is None or batch["ingested"] or batch["status"] not in batches.RUNNING:
         return  # a repeated event, or a batch already past ingest
-    logger.append_keys(batch_id=batch_id)
+    logger.append_keys(batch_id=batch_id, tenant=batch["tenant"])
     reader = _Reader(settings.data_bucket, batch["input_key"])
     if batch["offset"] == 0 and _more_lines_than(reader, settings.batch_max_lines):
         _refuse(
@@ -257,6 +260,7 @@ class _Sender:
         self.queued: list[_Line] = []  # the lines of the messages not yet sent
         self.message_bytes = 0
         self.errors: list[dict] = []
+        self.codes: list[str] = []  # of the error lines, for the BatchLines metric
 
     def add(self, line: int, number: int, raw: bytes) -> None:
         self.pending.append(_read_line(line, number, raw))
@@ -281,7 +285,9 @@ class _Sender:
                 raise RuntimeError(
                     f"{len(left)} error lines stored but not counted: the batch's item is contended"
                 )
-            self.errors = []
+            for code, count in Counter(self.codes).items():
+                metric("BatchLines", count, Outcome=code)
+            self.errors, self.codes = [], []
 
     def _place(self) -> None:
         """Claim the custom_ids of the pending lines; each line is then sent, or an error line."""
@@ -346,6 +352,7 @@ class _Sender:
             }
         )
         self.state["ingest_errors"] += 1
+        self.codes.append(bad.code)
 
     def _send(self) -> None:
         entries = self.messages
@@ -359,6 +366,7 @@ class _Sender:
             failed = {f["Id"] for f in reply.get("Failed", [])}
             entries = [e for e in entries if e["Id"] in failed]
             if entries:
+                logger.warning("SQS refused messages; sending them again", extra={"messages": len(entries)})
                 time.sleep(0.2)
         if entries:
             raise RuntimeError(f"SQS refused {len(entries)} messages five times")

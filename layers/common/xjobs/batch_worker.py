@@ -1,12 +1,18 @@
 """Workers: one SQS batch of chat requests, run concurrently under the account's shared rate limit.
 
 Every request first takes its place in the shared limiter (requests and tokens per minute). A request
-that must wait, or that xAI answers 429, goes back to the queue with a visibility timeout equal to the
-wait: no worker sleeps through a backoff. 5xx answers and timeouts come back with a growing backoff
-until ``BATCH_MAX_ATTEMPTS``, then become error lines; 4xx answers are error lines at once. A request
-that already has its result (SQS delivered it twice) is not sent to xAI again, and a request is leased
-before its xAI call, so two copies running at once never both call. A message that cannot be read is
-logged and set aside (deleted); it never holds back the others of its SQS batch.
+that must wait goes back to the queue as a new message delayed by the wait (its counters in its
+body), and the delivered one is deleted: no worker sleeps through a backoff, and waiting never uses
+up the message's receives — they count only deliveries that ended without an answer (a crash, a
+timeout), so a request waits for the limiter, 429s or a blocked account as long as its batch's
+completion window is open. A 429 that states no wait cuts the shared rate (limiter.AdaptiveRate) and
+comes back after a backoff growing from about a second to 30 s. An account out of credits pauses the
+work (account.py): one request per probe interval tries, the others wait. 5xx answers and timeouts
+come back with a growing backoff until ``BATCH_MAX_ATTEMPTS``, then become error lines; 4xx answers
+are error lines at once. A request that already has its result (SQS delivered it twice) is not sent
+to xAI again, and a request is leased before its xAI call, so two copies running at once never both
+call. A message that cannot be read is logged and set aside (deleted); it never holds back the others
+of its SQS batch.
 """
 
 import asyncio
@@ -15,10 +21,10 @@ import math
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     AsyncBatchProcessor,
     EventType,
@@ -28,17 +34,18 @@ from aws_lambda_powertools.utilities.batch import (
 from . import aws, batches
 from .batch_ingest import start_finalizer
 from .batch_lines import error_line, result_line
+from .observability import logger, metric
 from .settings import get_settings
-from .upstream import chat_limiter, learn_limits, secret
-from .xai import XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable
-
-logger = Logger(child=True)
+from .upstream import account, chat_limiter, chat_rate, learn_limits, rate_limited, secret
+from .xai import XaiAccountBlocked, XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable, rate_limit_backoff
 
 MAX_BACKOFF_SECONDS = 60
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
 RESULT_MARGIN_SECONDS = 5  # time left after an xAI call to record its result
 LEASE_MARGIN_SECONDS = RESULT_MARGIN_SECONDS + 5  # a lease ends after the invocation that holds it
 REPEAT_RETURN_SECONDS = 10  # a second copy of a message in one invocation waits for the first's result
+MAX_DELAY_SECONDS = 900  # SQS's longest DelaySeconds
+SHORT_WAIT_SECONDS = 1.0  # a request waits for the limiter in the worker this long at most
 _requests = ThreadPoolExecutor(max_workers=32, thread_name_prefix="batch-request")
 
 
@@ -55,7 +62,8 @@ def handle(event: dict, context) -> dict:
         return await asyncio.get_running_loop().run_in_executor(_requests, work.process, record)
 
     response = async_process_partial_response(event, record_handler, processor, context)
-    # Results are stored before the answer deletes their messages: if this fails, all come back.
+    # Results are stored, and the requests that wait are sent again, before the answer deletes their
+    # messages: if this fails, all come back.
     work.save()
     return _with_uncounted(response, work)
 
@@ -67,6 +75,14 @@ def handle_dead_letters(event: dict, context) -> dict:
         message = work.messages[record["messageId"]]
         if message is not None and not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
             receives = record.get("attributes", {}).get("ApproximateReceiveCount", "?")
+            logger.warning(
+                "request used up its deliveries",
+                extra={
+                    "batch_id": message["batch_id"],
+                    "custom_id": message["custom_id"],
+                    "receives": receives,
+                },
+            )
             work.record_error(
                 message, "delivery_failed", f"the request was received {receives} times without a result"
             )
@@ -123,6 +139,7 @@ class _Work:
         )
         self.results: list[dict] = []
         self.uncounted_messages: set[str] = set()
+        self.later: list[tuple[dict, float]] = []  # (message, delay): requests that wait, sent again
         self._lock = threading.Lock()
         # SQS may put two copies of a message in one batch: the first runs, the others come back later
         # and find its result.
@@ -135,9 +152,15 @@ class _Work:
         to_run = [m for m in unique if self._verdict(m) is None]
         # The key is read here, once, not by each of the request threads at a cold start.
         self.xai = _client() if to_run else None
+        # While the account is blocked, one request may probe it (see _may_go); the others wait.
+        self.blocked = account().blocked() if to_run else None
+        self._probe: bool | None = None
+        self.limiter = chat_limiter() if to_run else None
         # One limiter call for the whole SQS batch when it fits the window; else one per request.
-        self.admitted = bool(to_run) and not chat_limiter().try_acquire(
-            tokens=sum(m["tokens"] for m in to_run), requests=len(to_run)
+        self.admitted = (
+            bool(to_run)
+            and self.blocked is None
+            and not self.limiter.try_acquire(tokens=sum(m["tokens"] for m in to_run), requests=len(to_run))
         )
 
     def _verdict(self, message: dict) -> tuple[str, str] | str | None:
@@ -157,7 +180,10 @@ class _Work:
         message = self.messages[record.message_id]
         if message is None:
             return  # set aside (logged): deleted with the batch's successes
-        logger.thread_safe_append_keys(batch_id=message["batch_id"], custom_id=message["custom_id"])
+        tenant = (self.batches.get(message["batch_id"]) or {}).get("tenant")
+        logger.thread_safe_append_keys(
+            batch_id=message["batch_id"], custom_id=message["custom_id"], tenant=tenant
+        )
         if record.message_id in self.repeats:
             _return_later(record, REPEAT_RETURN_SECONDS)
         verdict = self._verdict(message)
@@ -170,10 +196,16 @@ class _Work:
             self._run(record, message, attempts)
 
     def _run(self, record, message: dict, attempts: int) -> None:
+        if self.blocked is not None and not self._may_probe():
+            self._later(message, account().pause_seconds(), "the xAI account is blocked")
+            return
         if not self.admitted:
-            wait = chat_limiter().try_acquire(tokens=message["tokens"])
+            wait = self._admit(message["tokens"])
             if wait:
-                _return_later(record, wait)
+                if self.limiter.busy():
+                    chat_rate().grow()  # held back, the rate used, no 429: the demand is above it
+                self._later(message, wait, "waiting for the rate limiter")
+                return
         # The lease outlasts this invocation, so no other copy calls xAI while this one may.
         lease, wait = self.store.lease(
             message["batch_id"],
@@ -188,30 +220,66 @@ class _Work:
         body = message.get("body") or self._stored_body(message["body_key"])
         try:
             reply = self.xai.chat(body, timeout=self._time_left())
+        except XaiAccountBlocked as exc:
+            self.store.release(message["batch_id"], message["line"], lease)
+            account().block(exc.status_code, exc.message)
+            self._later(message, account().pause_seconds(), "the xAI account is blocked")
+            return
         except XaiRateLimited as exc:
             self.store.release(message["batch_id"], message["line"], lease)
-            learn_limits(exc.limits)
-            # Block the windows of the limit xAI just stated (when it stated one): the windows every
-            # caller counts in from now on, not those of the limit this request was admitted under.
-            chat_limiter().block(exc.retry_after)
-            _return_later(record, exc.retry_after)
+            held = rate_limited(exc, self.limiter)
+            retries = message.get("rate_limited", 0) + 1
+            self._later(
+                message, max(held, rate_limit_backoff(retries)), "xAI answered 429", rate_limited=retries
+            )
+            return
         except XaiRejected as exc:
             error = {"error": {"code": exc.code, "message": exc.message}}
             line = result_line(batches.request_id(), message["custom_id"], exc.status_code, error, None)
-            self._keep(message, False, line)
+            self._keep(message, False, line, "upstream_rejected")
             return
         except XaiUnavailable as exc:
             attempts = self.store.count_attempt(message["batch_id"], message["line"], message["expires_at"])
             if attempts >= self.settings.batch_max_attempts:
                 self.record_error(message, "upstream_unavailable", f"{exc} ({attempts} attempts)")
                 return
-            _return_later(record, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)))
+            self._later(
+                message, random.uniform(1, min(MAX_BACKOFF_SECONDS, 2**attempts)), f"xAI unavailable: {exc}"
+            )
+            return
+        if self.blocked is not None:
+            account().resume()  # this request was the probe, and it went through
         learn_limits(reply.limits)
         upstream_id = reply.body.get("id")
         line = result_line(
             batches.request_id(), message["custom_id"], reply.status_code, reply.body, upstream_id
         )
-        self._keep(message, True, line)
+        self._keep(message, True, line, "ok")
+
+    def _admit(self, tokens: int) -> float:
+        """The limiter's answer for one request; a wait of less than ``SHORT_WAIT_SECONDS`` is waited
+        here — the invocation lasts as long as its slowest request anyway — rather than by a message."""
+        deadline = time.monotonic() + SHORT_WAIT_SECONDS
+        wait = self.limiter.try_acquire(tokens=tokens)
+        while wait and time.monotonic() + wait < deadline:
+            time.sleep(wait + random.uniform(0, 0.02))
+            wait = self.limiter.try_acquire(tokens=tokens)
+        return wait
+
+    def _may_probe(self) -> bool:
+        """While the account is blocked, at most one request of all workers goes per probe interval."""
+        with self._lock:
+            if self._probe is None:
+                self._probe = account().may_probe()
+                return self._probe
+            return False
+
+    def _later(self, message: dict, seconds: float, why: str, **counters: int) -> None:
+        """The request waits: it goes back to the queue as a new message (see save)."""
+        logger.info("request sent back to wait", extra={"seconds": round(seconds, 3), "why": why})
+        copy = message | counters | {"waits": message.get("waits", 0) + 1}
+        with self._lock:
+            self.later.append((copy, seconds))
 
     def _time_left(self) -> float:
         """An xAI call must answer before the invocation times out, or its result would be lost."""
@@ -220,9 +288,10 @@ class _Work:
         return max(1.0, self.context.get_remaining_time_in_millis() / 1000 - RESULT_MARGIN_SECONDS)
 
     def record_error(self, message: dict, code: str, text: str) -> None:
-        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text))
+        self._keep(message, False, error_line(batches.request_id(), message["custom_id"], code, text), code)
 
-    def _keep(self, message: dict, ok: bool, outcome: str) -> None:
+    def _keep(self, message: dict, ok: bool, outcome: str, code: str) -> None:
+        """Keep a result line to record; ``code`` is what BatchLines counts it as (``ok`` or why not)."""
         batch = self.batches.get(message["batch_id"])
         if batch is None:
             logger.warning("result of an unknown batch dropped")
@@ -239,6 +308,7 @@ class _Work:
             "ok": ok,
             "outcome": outcome,
             "expires_at": batch["retain_until"],
+            "code": code,
         }
         with self._lock:
             self.results.append(result)
@@ -262,12 +332,38 @@ class _Work:
             self.results, recount, count_seconds=min(batches.COUNT_SECONDS, self._time_left())
         )
         self.uncounted_messages = {self.message_of[key] for key in left if key in self.message_of}
+        for code, count in Counter(r["code"] for r in self.results).items():
+            metric("BatchLines", count, Outcome=code)
+        self._send_later()
         for batch_id in self.batches:
             if self.store.claim_finalize(batch_id):
                 start_finalizer(batch_id)
 
+    def _send_later(self) -> None:
+        queue = get_settings().work_queue_url
+        waiting, self.later = self.later, []
+        for start in range(0, len(waiting), 10):
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": json.dumps(message, separators=(",", ":")),
+                    "DelaySeconds": min(MAX_DELAY_SECONDS, max(1, math.ceil(seconds))),
+                }
+                for i, (message, seconds) in enumerate(waiting[start : start + 10])
+            ]
+            for _ in range(5):
+                reply = aws.client("sqs").send_message_batch(QueueUrl=queue, Entries=entries)
+                failed = {f["Id"] for f in reply.get("Failed", [])}
+                entries = [e for e in entries if e["Id"] in failed]
+                if not entries:
+                    break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"SQS refused {len(entries)} waiting requests five times")
+
 
 def _return_later(record, seconds: float) -> None:
+    logger.info("message returned to the queue", extra={"seconds": round(seconds, 3)})
     aws.client("sqs").change_message_visibility(
         QueueUrl=get_settings().work_queue_url,
         ReceiptHandle=record.receipt_handle,

@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from . import aws
 from .ids import new_id
 from .jobs import conditional_failure, plain
+from .observability import logger, metric
 
 VALIDATING = "validating"
 IN_PROGRESS = "in_progress"
@@ -104,6 +105,7 @@ def new_batch(
         "done": 0,
         "failed": 0,
         "ingested": False,
+        "updated_at": now,
         "retain_until": now + RETENTION_SECONDS,
     }
 
@@ -124,6 +126,8 @@ class BatchStore:
             if conditional_failure(exc):
                 return False
             raise
+        logger.info("batch created", extra={"batch_id": batch["id"], "tenant": batch["tenant"]})
+        metric("BatchesCreated")
         return True
 
     def get(self, batch_id: str) -> dict | None:
@@ -161,6 +165,8 @@ class BatchStore:
             names[f"#{field}"] = field
             values[f":{field}"] = value
             sets.append(f"#{field} = :{field}")
+        sets.append("updated_at = :updated_at")  # the sweeper's sign of life (sweeper.py)
+        values[":updated_at"] = _now()
         values[":cancelling"] = CANCELLING
         condition = "#offset = :old AND #status IN (:validating, :running, :cancelling)"
         return self._update_if(
@@ -173,7 +179,9 @@ class BatchStore:
 
     def start(self, batch_id: str) -> None:
         """validating -> in_progress, once the first requests are on their way."""
-        self._update_if(
+        self._changed_if(
+            batch_id,
+            IN_PROGRESS,
             Key={"id": batch_id},
             UpdateExpression="SET #status = :running, in_progress_at = :now",
             ConditionExpression="#status = :validating",
@@ -183,7 +191,9 @@ class BatchStore:
 
     def claim_finalize(self, batch_id: str) -> bool:
         """Move a batch whose every request is accounted for to finalizing: True for the one winner."""
-        return self._update_if(
+        return self._changed_if(
+            batch_id,
+            FINALIZING,
             Key={"id": batch_id},
             UpdateExpression="SET #status = :finalizing, finalizing_at = :now",
             ConditionExpression=(
@@ -209,7 +219,9 @@ class BatchStore:
             names[f"#{field}"] = field
             values[f":{field}"] = value
             sets.append(f"#{field} = :{field}")
-        return self._update_if(
+        return self._changed_if(
+            batch_id,
+            status,
             Key={"id": batch_id},
             UpdateExpression="SET " + ", ".join(sets),
             ConditionExpression="#status = :finalizing",
@@ -223,7 +235,7 @@ class BatchStore:
         try:
             reply = self.table.update_item(
                 Key={"id": batch_id},
-                UpdateExpression="SET #status = :cancelling, cancelling_at = :now",
+                UpdateExpression="SET #status = :cancelling, cancelling_at = :now, updated_at = :now",
                 ConditionExpression="#status IN (:validating, :running)",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
@@ -242,7 +254,78 @@ class BatchStore:
             if current["status"] in (CANCELLING, FINALIZING) and current.get("cancelling_at"):
                 return current  # cancelling already: asking again changes nothing
             raise BatchConflict(f"batch {batch_id} is already {current['status']}") from None
+        logger.info(
+            "batch status changed", extra={"batch_id": batch_id, "tenant": tenant, "status": CANCELLING}
+        )
         return plain(reply["Attributes"])
+
+    def note_restart(self, batch: dict) -> int | None:
+        """Count a restart of stalled work (sweeper.py) and give it a fresh ``updated_at``; None if the
+        batch moved (changed status or made progress) since ``batch`` was read."""
+        try:
+            reply = self.table.update_item(
+                Key={"id": batch["id"]},
+                UpdateExpression="SET updated_at = :now ADD restarts :one",
+                ConditionExpression="#status = :status AND updated_at = :seen",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":now": _now(),
+                    ":one": 1,
+                    ":status": batch["status"],
+                    ":seen": batch["updated_at"],
+                },
+                ReturnValues="UPDATED_NEW",
+            )
+        except ClientError as exc:
+            if conditional_failure(exc):
+                return None
+            raise
+        return int(reply["Attributes"]["restarts"])
+
+    def fail_stalled(self, batch: dict, code: str, message: str) -> bool:
+        """End a batch that stopped making progress: failed, with the reason as its error. Conditional on
+        the batch being as ``batch`` saw it, so progress made meanwhile wins."""
+        error = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
+        return self._changed_if(
+            batch["id"],
+            FAILED,
+            Key={"id": batch["id"]},
+            UpdateExpression="SET #status = :failed, failed_at = :now, #errors = :errors",
+            ConditionExpression="#status = :status AND updated_at = :seen",
+            ExpressionAttributeNames={"#status": "status", "#errors": "errors"},
+            ExpressionAttributeValues={
+                ":failed": FAILED,
+                ":now": _now(),
+                ":errors": error,
+                ":status": batch["status"],
+                ":seen": batch["updated_at"],
+            },
+        )
+
+    def stalled(self, statuses: tuple[str, ...], updated_before: int):
+        """Batches in one of ``statuses`` with no change since ``updated_before``. A scan: batches are few
+        (one holds thousands of requests) and kept 30 days."""
+        from boto3.dynamodb.conditions import Attr
+
+        condition = Attr("status").is_in(list(statuses)) & Attr("updated_at").lt(updated_before)
+        args: dict[str, Any] = {"FilterExpression": condition, "ConsistentRead": True}
+        while True:
+            reply = self.table.scan(**args)
+            for item in reply["Items"]:
+                yield plain(item)
+            if "LastEvaluatedKey" not in reply:
+                return
+            args["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+    def touch(self, batch_id: str) -> None:
+        """A sign of life from a long finalizer, so the sweeper does not take it for stalled."""
+        self._update_if(
+            Key={"id": batch_id},
+            UpdateExpression="SET updated_at = :now",
+            ConditionExpression="#status = :finalizing",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":now": _now(), ":finalizing": FINALIZING},
+        )
 
     def claim(self, batch_id: str, flag: str) -> bool:
         """Set ``flag`` once; True for the one caller that set it. Guards one-time side effects."""
@@ -253,6 +336,18 @@ class BatchStore:
             ExpressionAttributeNames={"#flag": flag},
             ExpressionAttributeValues={":now": _now()},
         )
+
+    def _changed_if(self, batch_id: str, status: str, **request: Any) -> bool:
+        """A conditional status change: one log line when it happens; an ended batch counts in
+        BatchesFinished by status."""
+        request["UpdateExpression"] += ", updated_at = :updated_at"
+        request["ExpressionAttributeValues"][":updated_at"] = _now()
+        if not self._update_if(**request):
+            return False
+        logger.info("batch status changed", extra={"batch_id": batch_id, "status": status})
+        if status in TERMINAL:
+            metric("BatchesFinished", Status=status)
+        return True
 
     def _update_if(self, **request: Any) -> bool:
         for attempt in range(MAX_TRANSACTION_TRIES):

@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from . import aws
+from .observability import logger, metric
 
 PENDING = "pending"  # accepted, not yet handed to xAI
 PROCESSING = "processing"  # xAI has it
@@ -61,6 +62,16 @@ def plain(value: Any) -> Any:
 
 def conditional_failure(exc: ClientError) -> bool:
     return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def changed(job: dict, error: dict | None) -> None:
+    """One log line per status change; a job that ended counts in JobsFinished by kind and status."""
+    logger.info(
+        "job status changed",
+        extra={"job_id": job["id"], "tenant": job.get("tenant"), "status": job["status"], "error": error},
+    )
+    if job["status"] in TERMINAL:
+        metric("JobsFinished", Kind=job.get("kind", "unknown"), Status=job["status"])
 
 
 class JobStore:
@@ -134,7 +145,11 @@ class JobStore:
             ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
-        return plain(reply["Attributes"]) if reply else None
+        if not reply:
+            return None
+        job = plain(reply["Attributes"])
+        changed(job, fields.get("error"))
+        return job
 
     def record_poll(self, job_id: str, progress: int | None) -> None:
         """Count a status poll (and keep xAI's progress) while the job is still active."""
@@ -157,17 +172,25 @@ class JobStore:
             ExpressionAttributeValues=values,
         )
 
-    def park(self, job_id: str, token: str) -> bool:
+    def park(self, job_id: str, token: str, seen_news: int = 0) -> bool:
         """Store the token that wakes the job's loop; False if the job is no longer active, or if news
-        (an upstream callback) came after the last poll: then the loop should poll, not wait."""
+        (an upstream callback) came after the last poll and after `seen_news`, the news the last Poll
+        read: then the loop should poll, not wait. News that Poll saw waits for the timer Poll set, so
+        a Poll that could not act on it (the limiter was full) never makes the loop spin."""
         stored = self._update_if(
             Key={"id": job_id},
             UpdateExpression="SET wake_token = :token",
             ConditionExpression=(
-                "#status IN (:pending, :proc) AND (attribute_not_exists(news_at) OR news_at < polled_at)"
+                "#status IN (:pending, :proc) AND (attribute_not_exists(news_at) OR news_at < polled_at"
+                " OR news_at <= :seen)"
             ),
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":token": token, ":pending": PENDING, ":proc": PROCESSING},
+            ExpressionAttributeValues={
+                ":token": token,
+                ":pending": PENDING,
+                ":proc": PROCESSING,
+                ":seen": seen_news,
+            },
         )
         return stored is not None
 
@@ -208,7 +231,9 @@ class JobStore:
             if not old or old.get("tenant", {}).get("S") != tenant:
                 raise JobNotFound(job_id) from None
             raise JobConflict(f"job {job_id} is already {old['status']['S']}") from None
-        return plain(reply["Attributes"])
+        job = plain(reply["Attributes"])
+        changed(job, None)
+        return job
 
     def claim(self, job_id: str, flag: str) -> bool:
         """Set ``flag`` once; True for the one caller that set it. Guards one-time side effects."""
@@ -220,6 +245,23 @@ class JobStore:
             ExpressionAttributeValues={":now": int(time.time())},
         )
         return claimed is not None
+
+    def note_restart(self, job_id: str, old_execution: str, new_execution: str) -> bool:
+        """Make ``new_execution`` the job's loop in place of ``old_execution`` and count the restart; False if
+        another sweep did it first. A job's first execution is named after the job (see submission.py)."""
+        condition = "attribute_not_exists(execution)" if old_execution == job_id else "execution = :old"
+        values: dict[str, Any] = {":new": new_execution, ":one": 1}
+        if old_execution != job_id:
+            values[":old"] = old_execution
+        return (
+            self._update_if(
+                Key={"id": job_id},
+                UpdateExpression="SET execution = :new ADD restarts :one",
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+            )
+            is not None
+        )
 
     def _update_if(self, **request: Any) -> dict | None:
         """update_item that answers None, instead of raising, when its condition does not hold."""

@@ -6,39 +6,61 @@ import math
 import tempfile
 import time
 
-from aws_lambda_powertools import Logger
-
 from . import aws, jobs, notify
 from .batch_lines import estimated_tokens
 from .durations import Durations, next_poll_in, profile
 from .limiter import RateLimiter
 from .notify import callback_url
+from .observability import logger
 from .settings import get_settings
-from .upstream import chat_limiter, learn_limits, secret, xai_client
+from .upstream import account, chat_limiter, rate_limited, secret, xai_client
 from .views import job_view, result_key, video_key
-from .xai import DEFERRED_CHAT, XaiError, XaiRateLimited, XaiRejected
+from .xai import (
+    DEFERRED_CHAT,
+    XaiAccountBlocked,
+    XaiError,
+    XaiRateLimited,
+    XaiRejected,
+    XaiSubmitUnknown,
+    XaiUnavailable,
+    rate_limit_backoff,
+)
 
-logger = Logger(child=True)
-
-# Each pass through Poll -> Finished? -> Wait writes about 13 history events, and a Poll that
-# exhausts its Retry adds 18 more: 700 polls stay under the 25,000-event limit even then
-# (tests/e2e/test_history_limit.py measures it). Long deadlines spread their polls to fit.
-MAX_POLLS = 700
+# The history of one execution holds at most 25,000 events. A pass through Poll -> Finished? -> Wait
+# writes about 13, a Poll retried to its limit 9 more, a Park refused and its Pause 7 more; a fault
+# cycle (Poll's retries used up, counted, backed off) about 20. Poll spends its budget of MAX_POLLS on
+# polls plus fault cycles, and the state machine ends the loop after MAX_FAULTS cycles (more than 40 h
+# of back-off, past any deadline the template allows): 600 x 29 + 250 x 20 < 25,000.
+# tests/e2e/test_history_limit.py measures the events of real executions.
+MAX_POLLS = 600
+MAX_FAULTS = 250  # statemachine/deferred_job.asl.json, "Fault budget?"
 WAIT_GROWTH = 1.5
-NOTIFIED_FLAG = "notified_at"
+MAX_GROWTH_STEPS = 64  # WAIT_GROWTH ** n overflows a float past n = 1,750: the cap is reached long before
 WEBHOOK_FLAG = "webhook_delivered_at"
+# Set before a submit is sent: a later Poll that finds it without a request id knows a submit may
+# have reached xAI, and never sends a second (xAI has no idempotency key: it would be paid twice).
+SUBMIT_FLAG = "submit_sent_at"
+# How long an earlier attempt's submit may still be in flight: past Poll's 60-s Lambda timeout.
+SUBMIT_GRACE_SECONDS = 65
+SUBMIT_UNKNOWN = "submit_outcome_unknown"
 
 
 def next_wait(
-    polls: int, seconds_left: float, min_wait: int, max_wait: int, learned: float | None = None
+    spent: int, seconds_left: float, min_wait: int, max_wait: int, learned: float | None = None
 ) -> int:
     """Seconds until the next poll, spread to fit the poll budget: `learned` (from how long such jobs
-    take, see durations.py) up to the cap or, without it, short at first and growing to the cap."""
-    if learned is None:
-        wait = min(max_wait, min_wait * WAIT_GROWTH ** max(0, polls - 1))
+    take, see durations.py) up to the cap or, without it, short at first and growing to the cap.
+    `spent` counts the polls and fault cycles so far; once it reaches MAX_POLLS the next poll is the
+    one at the deadline."""
+    if not math.isfinite(seconds_left):
+        seconds_left = max_wait
+    if spent >= MAX_POLLS:
+        return max(1, math.ceil(seconds_left + 1))
+    if learned is None or not math.isfinite(learned):
+        wait = min(max_wait, min_wait * WAIT_GROWTH ** min(max(0, spent - 1), MAX_GROWTH_STEPS))
     else:
-        wait = round(min(max_wait, learned))
-    polls_left = max(1, MAX_POLLS - polls)
+        wait = min(max_wait, round(learned))
+    polls_left = max(1, MAX_POLLS - spent)
     if seconds_left > max_wait * polls_left / 2:
         # Capped waits might not reach the deadline within the budget: spread what is left over it.
         wait = max(wait, seconds_left / polls_left)
@@ -46,33 +68,91 @@ def next_wait(
     return max(1, math.ceil(wait))
 
 
-def poll(job_id: str, polls: int) -> dict:
+class PlatformUnavailable(RuntimeError):
+    """An AWS service the step needs failed or throttled (after the SDK's retries). The state machine
+    retries, then backs off and polls again: a platform error never ends a job."""
+
+
+# Error codes of AWS services that mean "busy or broken for now", not "this request is wrong".
+_TRANSIENT_CODES = {
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "LimitExceededException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SlowDown",
+    "ThrottledException",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "TransactionConflictException",
+}
+
+
+@contextlib.contextmanager
+def platform_faults(step: str):
+    """Report an AWS fault as PlatformUnavailable, without its text (ARNs, account ids) anywhere but
+    in our logs; anything else passes through."""
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as AwsConnectionError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if error.get("Code") not in _TRANSIENT_CODES and status < 500:
+            raise
+        logger.warning(f"{step}: AWS fault", extra={"reason": str(exc)})
+        raise PlatformUnavailable(f"{step}: an AWS service failed ({error.get('Code')})") from None
+    except (AwsConnectionError, HTTPClientError, GetParameterError, S3UploadFailedError) as exc:
+        logger.warning(f"{step}: AWS fault", extra={"reason": str(exc)})
+        raise PlatformUnavailable(f"{step}: an AWS service failed ({type(exc).__name__})") from None
+
+
+def poll(job_id: str, polls: int, faults: int = 0) -> dict:
+    with platform_faults("poll"):
+        return _poll(job_id, polls, faults)
+
+
+def _poll(job_id: str, polls: int, faults: int) -> dict:
     settings = get_settings()
     store = jobs.JobStore(settings.jobs_table)
     job = store.get(job_id)
     if job is None:
         raise jobs.JobNotFound(job_id)
+    logger.append_keys(tenant=job["tenant"])
     polls += 1
+    spent = polls + faults
+    # News (an upstream callback) the last status call has not seen: poll again as soon as allowed.
+    news_pending = job.get("news_at", 0) > job.get("polled_at", 0)
 
-    def result(finished: bool, wait: float = 0, *, submitted: bool = False) -> dict:
+    def result(finished: bool, wait: float = 0, *, submitted: bool = False, soon: bool = False) -> dict:
         left = job["deadline"] - time.time()
         if not finished:
+            wait = wait if math.isfinite(wait) else settings.poll_max_wait_seconds
             learned = _learned_wait(job, settings) if submitted else None
-            wait = max(
-                wait,
-                next_wait(
-                    polls, left, settings.poll_min_wait_seconds, settings.poll_max_wait_seconds, learned
-                ),
+            planned = next_wait(
+                spent, left, settings.poll_min_wait_seconds, settings.poll_max_wait_seconds, learned
             )
-            if settings.callback_base_url and submitted:
+            if spent >= MAX_POLLS or not soon:
+                wait = max(wait, planned)
+            if settings.callback_base_url and submitted and spent < MAX_POLLS:
                 # The upstream's callback wakes the loop; this wait is only the fallback poll.
                 wait = max(wait, settings.callback_fallback_seconds)
             wait = min(math.ceil(wait), max(1, math.ceil(left + 1)))
         return {
             "job_id": job_id,
             "polls": polls,
+            "faults": faults,
             "finished": finished,
-            "wait_seconds": int(wait),
+            "wait_seconds": max(1, int(wait)),
+            "news_at": job.get("news_at", 0),
             "error": None,
         }
 
@@ -81,31 +161,35 @@ def poll(job_id: str, polls: int) -> dict:
             _cancel_upstream(job)
         return result(True)
     if time.time() >= job["deadline"]:
-        error = {
-            "code": "timed_out",
-            "message": f"the job did not finish within {job['deadline'] - job['created']} s",
-        }
-        if store.advance(job_id, jobs.TIMED_OUT, error=error):
+        if store.advance(job_id, jobs.TIMED_OUT, error=_timed_out(job)):
             _cancel_upstream(job)
         return result(True)
 
     client = xai_client()
+    # While the xAI account is out of credits, the job waits; one call per probe interval tries.
+    blocked = account().blocked()
+    if blocked is not None and not account().may_probe():
+        return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     if not job.get("xai_request_id"):
         return _submit(store, job, client, settings, result)
     # Status reads count against the account's limit like chat work: they share its limiter.
     limiter = chat_limiter()
     wait = limiter.try_acquire()
     if wait:
-        return result(False, wait)
+        return result(False, wait, soon=news_pending)
     try:
         status = client.status(job["kind"], job["xai_request_id"])
+    except XaiAccountBlocked as exc:
+        account().block(exc.status_code, exc.message)
+        return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     except XaiRateLimited as exc:
-        learn_limits(exc.limits)
-        limiter.block(exc.retry_after)
-        return result(False, exc.retry_after)
+        logger.info("status poll answered 429: polling again later")
+        return result(False, max(rate_limited(exc, limiter), rate_limit_backoff(1)))
     except XaiRejected as exc:
         store.advance(job_id, jobs.FAILED, error={"code": exc.code, "message": exc.message})
         return result(True)
+    if blocked is not None:
+        account().resume()
     if status.state == "pending":
         store.record_poll(job_id, status.progress)
         return result(False, submitted=True)
@@ -120,9 +204,17 @@ def poll(job_id: str, polls: int) -> dict:
 
 
 def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
+    """Send the job to xAI, at most once: a create that may have been accepted is never sent again
+    (the official xAI SDK's rule). A 429, a refusal, a blocked account or a connection never made
+    are known outcomes; a timeout, a broken connection or a 5xx after sending is not — the job then
+    fails ``submit_outcome_unknown`` rather than risk paying twice."""
+    if job.get(SUBMIT_FLAG):
+        return _submit_sent_before(store, job, result)
     body = json.loads(job["request"])
+    limiter = None
     if job["kind"] == DEFERRED_CHAT:
-        wait = chat_limiter().try_acquire(tokens=estimated_tokens(body))
+        limiter = chat_limiter()
+        wait = limiter.try_acquire(tokens=estimated_tokens(body))
     else:
         wait = RateLimiter(
             settings.limits_table, "video-submit", settings.video_requests_per_second
@@ -133,13 +225,34 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         body["callback_url"] = callback_url(
             settings.callback_base_url, job["id"], secret(settings.webhook_signing_secret)
         )
+    if not store.claim(job["id"], SUBMIT_FLAG):
+        return _submit_sent_before(store, job, result)
     try:
         request_id = client.submit(job["kind"], body)
+    except XaiSubmitUnknown as exc:
+        error = {
+            "code": SUBMIT_UNKNOWN,
+            "message": f"xAI may have accepted this job's request: {exc}. It was not sent again, so "
+            "it is not paid twice; submit a new job to try again.",
+        }
+        store.advance(job["id"], jobs.FAILED, error=error)
+        return result(True)
+    except XaiAccountBlocked as exc:
+        store.release(job["id"], SUBMIT_FLAG)
+        account().block(exc.status_code, exc.message)
+        return result(False, account().pause_seconds(settings.poll_max_wait_seconds))
     except XaiRateLimited as exc:
-        return result(False, exc.retry_after)
+        store.release(job["id"], SUBMIT_FLAG)
+        logger.info("submit answered 429: submitting again later")
+        held = rate_limited(exc, limiter) if limiter else (exc.retry_after if exc.stated else 0.0)
+        return result(False, max(held, rate_limit_backoff(1)))
+    except XaiUnavailable:
+        store.release(job["id"], SUBMIT_FLAG)  # it never reached xAI: the Retry may send it again
+        raise
     except XaiRejected as exc:
         store.advance(job["id"], jobs.FAILED, error={"code": exc.code, "message": exc.message})
         return result(True)
+    account().resume()
     logger.info("submitted to xAI", extra={"job_id": job["id"], "xai_request_id": request_id})
     submitted_at = jobs.now_ms()
     advanced = store.advance(
@@ -153,6 +266,25 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         return _lost_submit_race(store, job, request_id, result)
     job["submitted_at"] = submitted_at
     return result(False, submitted=True)
+
+
+def _submit_sent_before(store: jobs.JobStore, job: dict, result) -> dict:
+    """Another attempt of this Poll sent the submit: wait for its answer while it may still come;
+    past that, its outcome is unknown and the job fails rather than send it twice."""
+    current = store.get(job["id"]) or job
+    if current["status"] != jobs.PENDING or current.get("xai_request_id"):
+        job.update(current)
+        return result(current["status"] in jobs.TERMINAL, submitted=True)
+    sent_ago = time.time() - current.get(SUBMIT_FLAG, time.time())
+    if sent_ago < SUBMIT_GRACE_SECONDS:
+        return result(False, SUBMIT_GRACE_SECONDS - sent_ago)
+    error = {
+        "code": SUBMIT_UNKNOWN,
+        "message": "an earlier attempt sent this job to xAI and ended without its answer; xAI may "
+        "have accepted it. It was not sent again, so it is not paid twice; submit a new job to try again.",
+    }
+    store.advance(job["id"], jobs.FAILED, error=error)
+    return result(True)
 
 
 def _lost_submit_race(store: jobs.JobStore, job: dict, request_id: str, result) -> dict:
@@ -224,9 +356,11 @@ def _cancel_request(job: dict, request_id: str) -> None:
         logger.info("xAI cancel not honoured", extra={"job_id": job["id"], "reason": str(exc)})
 
 
-def park(job_id: str, token: str) -> dict:
+def park(job_id: str, token: str, seen_news: int = 0) -> dict:
+    """Store the wake token, unless the job ended or has news that Poll did not see (then the loop
+    polls again after a short pause). News Poll saw but could not act on waits for its timer."""
     store = jobs.JobStore(get_settings().jobs_table)
-    if not store.park(job_id, token):
+    if not store.park(job_id, token, seen_news):
         raise JobNotActive(job_id)
     return {"job_id": job_id, "parked": True}
 
@@ -250,36 +384,81 @@ def finish(job_id: str, error: dict | None) -> dict:
     settings = get_settings()
     store = jobs.JobStore(settings.jobs_table)
     if error:
-        store.advance(job_id, jobs.FAILED, error=describe_step_error(error))
+        _record_step_error(store, job_id, error)
     job = store.get(job_id)
     if job is None:
         raise jobs.JobNotFound(job_id)
+    logger.append_keys(tenant=job["tenant"])
     if job["status"] not in jobs.TERMINAL:
         raise RuntimeError(f"job {job_id} reached Finish while {job['status']}")
-    message = {"event": "job.finished", "job": job_view(job, with_result=False)}
-    if store.claim(job_id, NOTIFIED_FLAG):
+    event_id = notify.event_id(job_id)
+    message = {"id": event_id, "event": "job.finished", "job": job_view(job, with_result=False)}
+    notify.announce_once(
+        store.table,
+        {"id": job_id},
+        lambda: notify.publish(
+            settings.topic_arn,
+            message,
+            event="job.finished",
+            event_id=event_id,
+            kind=job["kind"],
+            status=job["status"],
+            tenant=job["tenant"],
+        ),
+    )
+    if job.get("webhook_url") and not job.get(WEBHOOK_FLAG):
+        # At least once: a Finish that dies between the delivery and this mark delivers again, with
+        # the same event id (receivers drop repeats by it, as with Stripe's webhooks).
         try:
-            notify.publish(
-                settings.topic_arn,
+            notify.deliver_webhook(
+                job["webhook_url"],
                 message,
                 event="job.finished",
-                kind=job["kind"],
-                status=job["status"],
-                tenant=job["tenant"],
+                event_id=event_id,
+                secret=secret(settings.webhook_signing_secret),
+                allow_http=settings.allow_http_webhooks,
+                allow_loopback=settings.allow_loopback_webhooks,
             )
-        except Exception:
-            store.release(job_id, NOTIFIED_FLAG)
-            raise
-    if job.get("webhook_url") and not job.get(WEBHOOK_FLAG):
-        notify.deliver_webhook(
-            job["webhook_url"], message, event="job.finished", secret=secret(settings.webhook_signing_secret)
-        )
+        except notify.WebhookRefused as exc:
+            logger.warning("webhook refused at delivery", extra={"reason": str(exc)})
+            store.claim(job_id, "webhook_refused_at")
+            return {"job_id": job_id, "status": job["status"]}
         store.claim(job_id, WEBHOOK_FLAG)
     return {"job_id": job_id, "status": job["status"]}
 
 
+# What a tenant sees when the loop stopped on something of ours (a bug): the cause goes to the logs.
+INTERNAL_ERROR = {"code": "internal_error", "message": "the job stopped on an internal error"}
+
+
+def _record_step_error(store: jobs.JobStore, job_id: str, error: dict) -> None:
+    logger.error("the job's loop failed", extra={"step_error": describe_step_error(error)})
+    if error.get("Error") == "PlatformUnavailable":
+        job = store.get(job_id)
+        if job and time.time() >= job["deadline"]:
+            store.advance(job_id, jobs.TIMED_OUT, error=_timed_out(job))
+            return
+        store.advance(
+            job_id,
+            jobs.FAILED,
+            error={
+                "code": "platform_unavailable",
+                "message": "the job's loop could not run before its deadline",
+            },
+        )
+        return
+    store.advance(job_id, jobs.FAILED, error=INTERNAL_ERROR)
+
+
+def _timed_out(job: dict) -> dict:
+    return {
+        "code": "timed_out",
+        "message": f"the job did not finish within {job['deadline'] - job['created']} s",
+    }
+
+
 def describe_step_error(error: dict) -> dict:
-    """Turn a Step Functions error (Error, Cause) into the job's error, without stack traces."""
+    """A Step Functions error (Error, Cause) without stack traces, for the logs."""
     code = str(error.get("Error") or "internal_error")
     cause = str(error.get("Cause") or "")
     with contextlib.suppress(ValueError):

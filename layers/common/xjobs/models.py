@@ -19,7 +19,12 @@ _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 class BadRequest(ValueError):
-    """A request the API refuses with 400; the message names what is wrong."""
+    """A request the API refuses with 400; the message names what is wrong (and `param`, the field)."""
+
+    @property
+    def param(self) -> str | None:
+        named = re.match(r"^(?:field|parameter) '([^']+)'", str(self))
+        return named.group(1) if named else None
 
 
 class InvalidJson(ValueError):

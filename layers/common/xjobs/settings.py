@@ -13,9 +13,12 @@ class Settings(BaseModel):
     data_bucket: str = Field(alias="DATA_BUCKET")
     topic_arn: str = Field(alias="TOPIC_ARN")
     xai_base_url: str = Field(alias="XAI_BASE_URL", default="https://api.x.ai/v1")
+    xai_video_cancel: bool = Field(alias="XAI_VIDEO_CANCEL", default=False)
     xai_api_key_secret: str = Field(alias="XAI_API_KEY_SECRET")
     webhook_signing_secret: str = Field(alias="WEBHOOK_SIGNING_SECRET")
     allow_http_webhooks: bool = Field(alias="ALLOW_HTTP_WEBHOOKS", default=False)
+    allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
+    callback_signing_secret: str = Field(alias="CALLBACK_SIGNING_SECRET", default="")
     callback_base_url: str = Field(alias="CALLBACK_BASE_URL", default="")
     callback_fallback_seconds: int = Field(alias="CALLBACK_FALLBACK_SECONDS", default=300, ge=1)
     state_machine_arn: str | None = Field(alias="STATE_MACHINE_ARN", default=None)
@@ -26,6 +29,7 @@ class Settings(BaseModel):
     video_requests_per_second: float = Field(alias="VIDEO_REQUESTS_PER_SECOND", default=1, gt=0)
     chat_requests_per_minute: int = Field(alias="CHAT_REQUESTS_PER_MINUTE", default=1800, gt=0)
     chat_tokens_per_minute: int = Field(alias="CHAT_TOKENS_PER_MINUTE", default=10_000_000, gt=0)
+    account_probe_seconds: float = Field(alias="ACCOUNT_PROBE_SECONDS", default=30, gt=0)
     batches_table: str = Field(alias="BATCHES_TABLE", default="")
     batch_items_table: str = Field(alias="BATCH_ITEMS_TABLE", default="")
     work_queue_url: str = Field(alias="WORK_QUEUE_URL", default="")
@@ -33,6 +37,12 @@ class Settings(BaseModel):
     batch_completion_window_seconds: int = Field(alias="BATCH_COMPLETION_WINDOW_SECONDS", default=86400, ge=1)
     batch_max_attempts: int = Field(alias="BATCH_MAX_ATTEMPTS", default=3, ge=1)
     batch_max_lines: int = Field(alias="BATCH_MAX_LINES", default=50_000, ge=1)
+    batch_ingest_function: str = Field(alias="BATCH_INGEST_FUNCTION", default="")
+    stalled_after_seconds: int = Field(alias="STALLED_AFTER_SECONDS", default=1200, ge=1)
+    stalled_max_restarts: int = Field(alias="STALLED_MAX_RESTARTS", default=3, ge=0)
+    tenants_table: str = Field(alias="TENANTS_TABLE", default="")
+    files_table: str = Field(alias="FILES_TABLE", default="")
+    max_upload_bytes: int = Field(alias="MAX_UPLOAD_BYTES", default=200 * 1024 * 1024, ge=1)
 
 
 class ConfigurationError(RuntimeError):

@@ -16,6 +16,7 @@ from . import aws, jobs
 from .ids import new_id
 from .models import BadRequest, upstream_body
 from .notify import check_webhook_url
+from .observability import logger, metric
 from .settings import get_settings
 from .views import job_view
 
@@ -36,7 +37,11 @@ def submit_job(tenant: str, kind: str, request, idempotency_key: str | None, lam
     if timeout > settings.job_timeout_max_seconds:
         raise BadRequest(f"field 'timeout_seconds': must be at most {settings.job_timeout_max_seconds}")
     if request.webhook_url:
-        problem = check_webhook_url(request.webhook_url, allow_http=settings.allow_http_webhooks)
+        problem = check_webhook_url(
+            request.webhook_url,
+            allow_http=settings.allow_http_webhooks,
+            allow_loopback=settings.allow_loopback_webhooks,
+        )
         if problem:
             raise BadRequest(f"field 'webhook_url': {problem}")
     submission = {
@@ -89,11 +94,13 @@ def _create_job(*, submission: dict) -> dict:
         aws.client("stepfunctions").start_execution(
             stateMachineArn=settings.state_machine_arn,
             name=job["id"],
-            input=json.dumps({"job_id": job["id"], "polls": 0}),
+            input=json.dumps({"job_id": job["id"], "polls": 0, "faults": 0}),
         )
     except Exception:
         store.delete(job["id"])  # a job without an execution would never move: take it back
         raise
+    logger.info("job submitted", extra={"job_id": job["id"], "tenant": job["tenant"], "kind": job["kind"]})
+    metric("JobsSubmitted", Kind=job["kind"])
     return job_view(job)
 
 

@@ -3,6 +3,7 @@
 import json
 
 from . import aws, batches, jobs
+from .files import batch_file_id
 from .settings import get_settings
 from .xai import DEFERRED_CHAT
 
@@ -70,8 +71,8 @@ def batch_view(batch: dict, *, links: bool = True) -> dict:
         "input_file_id": batch.get("input_file_id"),
         "completion_window": batch["completion_window"],
         "status": batch["status"],
-        "output_file_id": batch.get("output_key") if ended else None,
-        "error_file_id": batch.get("errors_key") if ended else None,
+        "output_file_id": batch_file_id(batch["id"], "output") if ended else None,
+        "error_file_id": batch_file_id(batch["id"], "errors") if ended else None,
         "request_counts": counts,
         "metadata": batch.get("metadata") or {},
     }

@@ -1,0 +1,5 @@
+from xjobs.authorizer import authorize
+
+
+def lambda_handler(event, context):
+    return authorize(event)

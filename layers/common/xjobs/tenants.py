@@ -1,0 +1,144 @@
+"""Tenants and their API keys, in the tenants table.
+
+A tenant has a stable id (it owns jobs, files and batches) and any number of API keys. A key is shown
+once, when it is created: the table keeps only its SHA-256 (a key is 256 random bits, so a plain hash
+is as strong as a slow one) and its first characters, to tell keys apart in listings. Revoking a key
+or adding one never changes the tenant, so rotating keys keeps all its work.
+
+Items (one table, key `id`; index `by-tenant` on `tenant`, `id`):
+    tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value}
+    key#<sha256 hex>    {tenant, kind: "key", prefix, name, created, usage_key_value, revoked_at?}
+
+`usage_key_*` name the tenant's API Gateway API key: never handed to callers, it is what the
+authorizer returns as `usageIdentifierKey` so API Gateway meters the tenant against its usage plan.
+"""
+
+import hashlib
+import re
+import secrets
+import time
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from . import aws
+from .ids import new_id
+from .jobs import conditional_failure, plain
+
+KEY_SCHEME = "xj-"
+PREFIX_CHARS = 12  # "xj-" and 9 random characters: enough to tell a tenant's keys apart
+TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class TenantError(ValueError):
+    """An admin request that cannot be done; the message says why."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_SCHEME + secrets.token_urlsafe(32)
+
+
+class TenantStore:
+    def __init__(self, table_name: str):
+        self.table = aws.table(table_name)
+
+    def create_tenant(
+        self, *, name: str, usage_key_id: str, usage_key_value: str, tenant_id: str | None = None
+    ) -> dict:
+        tenant_id = tenant_id or new_id("tenant")
+        if not TENANT_ID.match(tenant_id):
+            raise TenantError("a tenant id is 1-64 letters, digits, '-' or '_'")
+        item = {
+            "id": f"tenant#{tenant_id}",
+            "tenant": tenant_id,
+            "kind": "tenant",
+            "name": name,
+            "created": int(time.time()),
+            "usage_key_id": usage_key_id,
+            "usage_key_value": usage_key_value,
+        }
+        try:
+            self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(id)")
+        except ClientError as exc:
+            if conditional_failure(exc):
+                raise TenantError(f"tenant {tenant_id} exists already") from None
+            raise
+        return item
+
+    def find_tenant(self, tenant_id: str) -> dict | None:
+        item = self.table.get_item(Key={"id": f"tenant#{tenant_id}"}, ConsistentRead=True).get("Item")
+        return plain(item) if item else None
+
+    def get_tenant(self, tenant_id: str) -> dict:
+        tenant = self.find_tenant(tenant_id)
+        if tenant is None:
+            raise TenantError(f"no tenant {tenant_id}")
+        return tenant
+
+    def list_tenants(self) -> list[dict]:
+        items, start = [], {}
+        while True:
+            page = self.table.scan(**start)
+            items += [plain(i) for i in page["Items"] if i.get("kind") == "tenant"]
+            if "LastEvaluatedKey" not in page:
+                return sorted(items, key=lambda i: i["created"])
+            start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+
+    def create_key(self, tenant_id: str, *, name: str = "") -> tuple[str, dict]:
+        """A new key for the tenant: returns the key itself (shown this once) and its record."""
+        tenant = self.get_tenant(tenant_id)
+        key = new_key()
+        item = {
+            "id": f"key#{hash_key(key)}",
+            "tenant": tenant_id,
+            "kind": "key",
+            "prefix": key[:PREFIX_CHARS],
+            "name": name,
+            "created": int(time.time()),
+            "usage_key_value": tenant["usage_key_value"],
+        }
+        self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(id)")
+        return key, item
+
+    def list_keys(self, tenant_id: str) -> list[dict]:
+        items, start = [], {}
+        while True:
+            page = self.table.query(
+                IndexName="by-tenant", KeyConditionExpression=Key("tenant").eq(tenant_id), **start
+            )
+            items += [plain(i) for i in page["Items"] if i.get("kind") == "key"]
+            if "LastEvaluatedKey" not in page:
+                return sorted(items, key=lambda i: i["created"])
+            start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+
+    def revoke_key(self, tenant_id: str, prefix: str) -> dict:
+        """Revoke the tenant's one key that starts with ``prefix`` (as listed)."""
+        matches = [k for k in self.list_keys(tenant_id) if k["prefix"].startswith(prefix[:PREFIX_CHARS])]
+        if len(prefix) > PREFIX_CHARS:  # the whole key: exactly that one
+            matches = [k for k in matches if k["id"] == f"key#{hash_key(prefix)}"]
+        if not matches:
+            raise TenantError(f"tenant {tenant_id} has no key starting {prefix!r}")
+        if len(matches) > 1:
+            raise TenantError(f"{len(matches)} keys of tenant {tenant_id} start {prefix!r}: give more of it")
+        key = matches[0]
+        if "revoked_at" not in key:
+            key["revoked_at"] = int(time.time())
+            self.table.update_item(
+                Key={"id": key["id"]},
+                UpdateExpression="SET revoked_at = :now",
+                ExpressionAttributeValues={":now": key["revoked_at"]},
+            )
+        return key
+
+    def authenticate(self, key: str) -> dict | None:
+        """The record of a live key, or None for an unknown or revoked one."""
+        if not key.startswith(KEY_SCHEME) or len(key) > 200:
+            return None
+        item = self.table.get_item(Key={"id": f"key#{hash_key(key)}"}).get("Item")
+        if not item or item.get("kind") != "key" or "revoked_at" in item:
+            return None
+        return plain(item)
