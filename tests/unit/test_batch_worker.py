@@ -171,7 +171,7 @@ def test_concurrent_records_of_one_request_store_one_result_and_count_it_once(st
         own = batches.BatchStore(store.batches_table, store.items_table)
         result = {"batch_id": batch_id, "line": 1, "custom_id": "a", "ok": True, "outcome": f"result {n}"}
         go.wait()
-        recorded.append(len(own.record([{**result, "expires_at": 0}])))
+        recorded.append(own.record([{**result, "expires_at": 0}]))
 
     threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -513,7 +513,15 @@ def finished_batch(store: batches.BatchStore, **fields) -> str:
         metadata={},
     )
     store.create(
-        {**batch, "status": batches.IN_PROGRESS, "ingested": True, "enqueued": 5, "done": 5, **fields}
+        {
+            **batch,
+            "status": batches.IN_PROGRESS,
+            "ingested": True,
+            "lines": 5,
+            "enqueued": 5,
+            "done": 5,
+            **fields,
+        }
     )
     return batch["id"]
 
