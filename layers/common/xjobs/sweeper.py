@@ -98,7 +98,7 @@ def _recover_batch(batch: dict, why: str) -> dict:
         stage = "finalizer"  # ended but not announced: the finalizer announces it
     elif not batch["ingested"]:
         stage = "ingest"
-    elif batch["done"] >= batch["enqueued"]:
+    elif batch["done"] >= batch["lines"]:
         # Every request is accounted for but nobody moved the batch on (a crash between the two).
         if store.claim_finalize(batch["id"]):
             _start("finalizer", batch["id"], settings)
