@@ -14,7 +14,13 @@ seen ending by then counts as undetected (which misses the targets) instead of b
 from .common import row, summarize
 from .poll_efficiency import JOBS, PARAMETERS, complete, counts, measure, stat_rows
 
-CALLBACK_PARAMETERS = {**PARAMETERS, "CallbackFallbackSeconds": "300"}
+# 50 jobs ending together call back together: room for them on the callback route's own function.
+CALLBACK_PARAMETERS = {
+    **PARAMETERS,
+    "CallbackFallbackSeconds": "300",
+    "CallbackConcurrency": "50",
+    "CallbackThrottleBurstLimit": "100",
+}
 CALLBACK_TIMEOUT = 150
 TARGET_CALLS = 1
 TARGET_DELAY_S = 1.0

@@ -157,6 +157,14 @@ class ApiGateway:
                     raise _Refused("QUOTA_EXCEEDED")
                 self._quota_used[(plan["id"], key_id, window)] = used + 1
 
+    def _route_throttled(self, route) -> bool:
+        """The stage's MethodSettings throttle: one bucket for the route, whoever calls."""
+        with self._lock:
+            bucket = self._buckets.setdefault(
+                f"route {route.method} {route.path}", _TokenBucket(*route.throttle)
+            )
+            return not bucket.take()
+
     def handle(self, method: str, raw_path: str, headers, body: bytes) -> tuple[int, dict, bytes]:
         try:
             return self._handle(method, raw_path, headers, body)
@@ -176,6 +184,8 @@ class ApiGateway:
         if len(body) > MAX_PAYLOAD_BYTES:
             raise _Refused("REQUEST_TOO_LARGE")
         route, found = match
+        if route.throttle and self._route_throttled(route):
+            raise _Refused("THROTTLED")
         event = self._event(method, path, url.query, route.path, found.groupdict(), headers, body)
         context = {}
         if route.authorizer:

@@ -14,6 +14,12 @@ Three of moto's costs are paid once instead of on every request (see _pay_moto_s
 with a thousand jobs in flight they took most of the process's CPU and held the DynamoDB lock for
 minutes.
 
+Transaction conflicts, on request (fault injection): DynamoDB cancels a transaction that touches an
+item another transaction is writing (TransactionConflict), and refuses a single-item write to such an
+item (TransactionConflictException). Requests here run one at a time, so that never happens by itself;
+with ``transaction_conflict_seconds`` set, each successful TransactWriteItems holds its items that
+long, as if it were still in flight, and what touches them meanwhile is refused as DynamoDB would.
+
 Every request is counted by "service:Action" (for the cost benchmark, bench/cost.py): the service comes
 from the request's SigV4 credential scope, the action from X-Amz-Target (JSON protocols: DynamoDB, SQS,
 Step Functions, Secrets Manager), from the Action parameter (query protocols: SNS, SQS query) or from
@@ -56,6 +62,10 @@ class AwsEmulator(ThreadedMotoServer):
         self._counts: Counter = Counter()
         self._observer_counts: Counter = Counter()
         self._dynamodb_lock = {"requests": 0, "wait_s": 0.0, "held_s": 0.0, "max_wait_s": 0.0}
+        self.transaction_conflict_seconds = 0.0  # > 0: transactions conflict (see the module's docstring)
+        self._in_flight: dict[
+            tuple[str, str], float
+        ] = {}  # (table, key) -> until when a transaction holds it
         self.authorizer = None  # local/iam.py's Authorizer, once the stack has its functions' roles
 
     def counts(self) -> dict[str, float]:
@@ -108,7 +118,17 @@ class AwsEmulator(ThreadedMotoServer):
             with dynamodb:
                 started = time.perf_counter()
                 capacity = _Capacity(region, action, body)
-                reply = b"".join(app(environ, start))
+                conflict = self._conflict(action, body) if self.transaction_conflict_seconds else None
+                if conflict is not None:
+                    start("400 Bad Request", [("Content-Type", "application/x-amz-json-1.0")])
+                    reply = json.dumps(conflict).encode()
+                else:
+                    reply = b"".join(app(environ, start))
+                    holds = self.transaction_conflict_seconds and action == "TransactWriteItems"
+                    if holds and replied[0].startswith("200"):
+                        until = time.monotonic() + self.transaction_conflict_seconds
+                        for key in _transaction_keys(body):
+                            self._in_flight[key] = until
                 units = capacity.units(replied[0].startswith("200"), reply)
                 held = time.perf_counter() - started
             with self._count_lock:
@@ -125,6 +145,48 @@ class AwsEmulator(ThreadedMotoServer):
         )
         self._server_ready_event.set()
         self._server.serve_forever()
+
+    def _conflict(self, action: str, body: bytes) -> dict | None:
+        """The error DynamoDB gives a write touching an item a transaction still holds, or None."""
+        now = time.monotonic()
+        self._in_flight = {key: until for key, until in self._in_flight.items() if until > now}
+        if action == "TransactWriteItems":
+            held = [key in self._in_flight for key in _transaction_keys(body)]
+            if not any(held):
+                return None
+            reasons = [
+                {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}
+                if h
+                else {"Code": "None"}
+                for h in held
+            ]
+            codes = ", ".join(r["Code"] for r in reasons)
+            return {
+                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                "Message": f"Transaction cancelled, please refer cancellation reasons [{codes}]",
+                "CancellationReasons": reasons,
+            }
+        if action in ("UpdateItem", "DeleteItem"):
+            request = json.loads(body or b"{}")
+            if _item_key(request["TableName"], request.get("Key") or {}) in self._in_flight:
+                return {
+                    "__type": "com.amazonaws.dynamodb.v20120810#TransactionConflictException",
+                    "message": "Transaction is ongoing for the item",
+                }
+        return None
+
+
+def _item_key(table: str, key: dict) -> tuple[str, str]:
+    return table, json.dumps(key, sort_keys=True)
+
+
+def _transaction_keys(body: bytes) -> list[tuple[str, str]]:
+    """(table, key) of each item a TransactWriteItems request names, in its order."""
+    keys = []
+    for entry in json.loads(body or b"{}").get("TransactItems", []):
+        for op in entry.values():
+            keys.append(_item_key(op.get("TableName", ""), op.get("Key") or op.get("Item") or {}))
+    return keys
 
 
 def _scope(environ: dict) -> tuple[str, str]:

@@ -49,6 +49,9 @@ class TemplateError(RuntimeError):
     pass
 
 
+_NO_VALUE = object()  # what {"Ref": "AWS::NoValue"} stands for until it is dropped
+
+
 def parameter_names(template: Path = TEMPLATE) -> set[str]:
     """The parameters a template declares (the local stack sets only those it has)."""
     return set(yaml_parse(template.read_text()).get("Parameters") or {})
@@ -109,6 +112,7 @@ class Route:
     function: str  # logical id
     api_key_required: bool
     authorizer: str | None = None  # name in the API's authorizers
+    throttle: tuple[float, int] | None = None  # the stage's MethodSettings for this route: rate, burst
 
 
 @dataclass
@@ -174,7 +178,11 @@ class Provisioner:
         self.stack_name = stack_name
         self.secret_values = secret_values
         self.out = Provisioned()
-        self.resources: dict[str, dict] = cfn["Resources"]
+        self._conditions: dict[str, bool] = {}
+        # A resource whose Condition is false does not exist, as in CloudFormation.
+        self.resources: dict[str, dict] = {
+            lid: res for lid, res in cfn["Resources"].items() if self.condition(res.get("Condition"))
+        }
 
     # ---- names -------------------------------------------------------------------------------
     def _name(self, logical_id: str, *, lower: bool = False, max_len: int = 64) -> str:
@@ -237,8 +245,52 @@ class Provisioner:
         self.out.physical[lid] = ref
         self.out.attributes[lid] = attributes
 
+    # ---- conditions ----------------------------------------------------------------------------
+    def condition(self, name: str | None) -> bool:
+        if name is None:
+            return True
+        if name not in self._conditions:
+            try:
+                definition = self.cfn.get("Conditions", {})[name]
+            except KeyError:
+                raise TemplateError(f"no condition {name}") from None
+            self._conditions[name] = bool(self._evaluate(definition))
+        return self._conditions[name]
+
+    def _evaluate(self, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) == 1:
+            ((key, arg),) = value.items()
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Equals":
+                left, right = (self._evaluate(v) for v in arg)
+                return str(left) == str(right)
+            if key == "Fn::Not":
+                return not self._evaluate(arg[0])
+            if key == "Fn::And":
+                return all(self._evaluate(v) for v in arg)
+            if key == "Fn::Or":
+                return any(self._evaluate(v) for v in arg)
+        return self.resolve(value)
+
+    def select(self, value: Any) -> Any:
+        """The value with every Fn::If decided and AWS::NoValue dropped, other intrinsics left as they are."""
+        if isinstance(value, list):
+            return [v for v in (self.select(v) for v in value) if v is not _NO_VALUE]
+        if not isinstance(value, dict):
+            return value
+        if value == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
+        if len(value) == 1 and "Fn::If" in value:
+            name, when_true, when_false = value["Fn::If"]
+            return self.select(when_true if self.condition(name) else when_false)
+        return {k: v for k, v in ((k, self.select(v)) for k, v in value.items()) if v is not _NO_VALUE}
+
     # ---- intrinsic functions -----------------------------------------------------------------
     def resolve(self, value: Any) -> Any:
+        value = self.select(value)
+        if value is _NO_VALUE:
+            return None
         if isinstance(value, list):
             return [self.resolve(v) for v in value]
         if not isinstance(value, dict):
@@ -482,7 +534,24 @@ class Provisioner:
         )
 
     def _rest_api(self, lid: str, props: dict) -> None:
-        body = props["Body"]
+        body = self.select(props["Body"])
+        stage_props = next(
+            (
+                r["Properties"]
+                for r in self.resources.values()
+                if r["Type"] == "AWS::ApiGateway::Stage" and r["Properties"].get("RestApiId") == {"Ref": lid}
+            ),
+            {},
+        )
+        throttles = {}
+        for setting in self.resolve(stage_props.get("MethodSettings")) or []:
+            if "ThrottlingRateLimit" in setting:
+                # "/" + the resource path with each "/" written "~1"
+                path = setting["ResourcePath"][1:].replace("~1", "/")
+                throttles[(setting["HttpMethod"].upper(), path)] = (
+                    float(setting["ThrottlingRateLimit"]),
+                    int(setting.get("ThrottlingBurstLimit", setting["ThrottlingRateLimit"])),
+                )
         definitions = body.get("securityDefinitions", {})
         authorizers = {}
         for name, definition in definitions.items():
@@ -512,7 +581,16 @@ class Provisioner:
                     raise TemplateError(f"{lid}: {method.upper()} {path} has no Lambda integration")
                 required = any("api_key" in s for s in spec.get("security", []))
                 authorizer = next((n for s in spec.get("security", []) for n in s if n in authorizers), None)
-                routes.append(Route(method.upper(), path, target.group(1), required, authorizer))
+                routes.append(
+                    Route(
+                        method.upper(),
+                        path,
+                        target.group(1),
+                        required,
+                        authorizer,
+                        throttles.get((method.upper(), path)),
+                    )
+                )
         responses = {
             kind: GatewayResponse(
                 status=int(r["statusCode"]) if "statusCode" in r else None,

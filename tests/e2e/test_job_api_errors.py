@@ -43,6 +43,28 @@ def test_bad_body_is_a_400_naming_the_problem(api, path, body, names):
     assert reply.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://[fd00::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://167772161/hook",  # 10.0.0.1 as one number
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://intranet/hook",
+    ],
+)
+def test_a_webhook_url_that_could_reach_inside_is_a_400_naming_webhook_url(api, url):
+    # Refused from the URL alone: the addresses are read, never connected to (nor looked up).
+    reply = api.post("/v1/videos/generations", json={**VIDEO, "webhook_url": url})
+
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert "'webhook_url'" in message
+    assert "public addresses only" in message or "internal host" in message
+
+
 def test_bad_body_creates_no_job(new_tenant):
     client = new_tenant()
     client.post("/v1/videos/generations", json={"duration": 5})
@@ -118,3 +140,14 @@ def test_bad_list_parameters_are_400(api, params, names):
     reply = api.get("/v1/jobs", params=params)
     assert reply.status_code == 400
     assert names in reply.json()["error"]["message"]
+
+
+def test_without_callback_base_url_there_is_no_callback_route(stack):
+    # The template's condition leaves out the route, its function and its secret.
+    calls = {lid: stats.count for lid, stats in stack.runtime.stats.items()}
+    reply = httpx.post(f"{stack.api_url}/v1/callbacks/xai/job_01ANY", params={"token": "x"})
+
+    assert reply.status_code in (403, 404)  # API Gateway's answer to a route it does not have
+    assert {lid: stats.count for lid, stats in stack.runtime.stats.items()} == calls  # no function ran
+    assert "CallbackFunction" not in stack.resources.functions
+    assert "CallbackSigningSecret" not in stack.resources.physical

@@ -1,5 +1,6 @@
 """xAI misbehaving during submit or poll: the job still reaches the right terminal status."""
 
+import json
 import time
 
 import pytest
@@ -54,15 +55,62 @@ def test_deferred_chat_survives_rate_limits_and_errors(api, sim):
     assert job["result"]["choices"][0]["message"]["content"] == "echo: still there?"
 
 
-def test_a_crashing_poll_step_fails_the_job_with_the_reason(api, stack, inbox):
-    # The local runtime can make the next invocation of a function crash, as a bug would.
-    stack.runtime.fail_next["PollFunction"] = ["simulated crash in the poll step"]
+def test_a_crashing_poll_step_fails_the_job_without_its_internals(api, stack, inbox):
+    # GIVEN a Poll that crashes, as a bug would, with internals in its message
+    stack.runtime.fail_next["PollFunction"] = [
+        "An error occurred (AccessDeniedException) when calling the GetItem operation: "
+        "arn:aws:dynamodb:us-east-1:123456789012:table/xjobs-JobsTable is not authorized"
+    ]
     job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+
+    # THEN the job fails with our stable code, and neither the tenant nor SNS sees the cause
     job = wait_for_status(api, job_id)
     assert job["status"] == "failed"
-    # The tenant sees that something of ours failed; the crash itself goes to the logs.
     assert job["error"] == {"code": "internal_error", "message": "the job stopped on an internal error"}
-    assert inbox.for_job(job_id)[0]["attributes"]["status"] == "failed"
+    (notice,) = inbox.for_job(job_id)
+    assert notice["attributes"]["status"] == "failed"
+    assert "123456789012" not in json.dumps(notice) and "arn:aws" not in json.dumps(notice)
+
+
+@pytest.mark.parametrize("fault", ["throttle", "timeout"])
+def test_a_poll_throttled_or_timed_out_past_its_retries_still_completes(api, stack, inbox, fault):
+    # GIVEN every attempt of the first Poll (the first and its 3 retries) throttled, or timed out
+    stack.runtime.inject("PollFunction", fault, times=4)
+
+    # WHEN a job runs
+    job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+
+    # THEN the loop backs off, polls again, and the job completes, announced once
+    job = wait_for_status(api, job_id, timeout=90)
+    assert job["status"] == "completed", job
+    # (A timed-out Poll may have done its work: the job completes while the loop still backs off.)
+    assert len(inbox.for_job(job_id, timeout=60)) == 1
+    entered = [
+        event["stateEnteredEventDetails"]["name"]
+        for event in history(stack, job_id)
+        if "stateEnteredEventDetails" in event
+    ]
+    assert entered.count("Count fault") == 1 and "Back off" in entered
+
+
+def test_a_finish_whose_reply_is_lost_announces_once_with_one_event_id(api, stack, inbox):
+    # GIVEN a Finish that does its work but whose caller is told it timed out (Step Functions retries it)
+    stack.runtime.inject("FinishFunction", "timeout", times=1)
+
+    job_id = api.post("/v1/videos/generations", json=VIDEO).json()["id"]
+
+    assert wait_for_status(api, job_id)["status"] == "completed"
+    notices = inbox.for_job(job_id, expect=2, timeout=10)
+    assert len(notices) == 1
+    assert notices[0]["body"]["id"] == notices[0]["attributes"]["event_id"] == f"evt_{job_id}"
+
+
+def history(stack, job_id: str) -> list[dict]:
+    machine = stack.resources.physical["JobStateMachine"]
+    execution = machine.replace(":stateMachine:", ":execution:") + f":{job_id}"
+    return stack.client("stepfunctions").get_execution_history(executionArn=execution, maxResults=1000)[
+        "events"
+    ]
 
 
 @pytest.mark.parametrize("body_rate", [0.0, 1.0], ids=["empty-202s", "202s-with-a-body"])

@@ -39,7 +39,7 @@ def test_video_generation_completes_with_a_copy_of_the_video_in_s3(api, stack, s
     assert httpx.get(noticed).content == video.content
     assert messages[0]["attributes"] == {
         "event": "job.finished",
-        "event_id": messages[0]["attributes"]["event_id"],
+        "event_id": f"evt_{accepted['id']}",
         "kind": "video.generation",
         "status": "completed",
         "tenant": stack.tenant,

@@ -45,3 +45,14 @@ def test_loop_events_name_the_missing_job(stack, event):
         stack.runtime.invoke(event.split(".")[0].capitalize() + "Function", load(event))
     assert failure.value.error_type == "JobNotFound"
     assert "job_01JXAMPLE0000000000000000" in failure.value.message
+
+
+def test_the_authorizer_event_is_refused_until_it_carries_a_live_key(stack):
+    event = load("authorizer.json")
+    with pytest.raises(FunctionError) as refused:
+        stack.runtime.invoke("AuthorizerFunction", event)
+    assert refused.value.message == "Unauthorized"
+    event["headers"]["Authorization"] = f"Bearer {stack.api_key}"
+    answer = stack.runtime.invoke("AuthorizerFunction", event)
+    assert answer["context"] == {"tenant": stack.tenant}
+    assert answer["policyDocument"]["Statement"][0]["Effect"] == "Allow"

@@ -11,7 +11,13 @@ FALLBACK_SECONDS = 30
 @pytest.fixture(scope="session")
 def stack():
     local = LocalStack(
-        parameters={**PARAMETERS, "CallbackFallbackSeconds": str(FALLBACK_SECONDS)},
+        parameters={
+            **PARAMETERS,
+            "CallbackFallbackSeconds": str(FALLBACK_SECONDS),
+            # A tight route throttle, so a test can flood it in a moment.
+            "CallbackThrottleRateLimit": "2",
+            "CallbackThrottleBurstLimit": "5",
+        },
         simulator=SIMULATOR,
         upstream_callbacks=True,
     ).start()

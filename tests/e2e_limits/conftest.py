@@ -33,7 +33,10 @@ SIMULATOR = SimulatorConfig(
 def stack():
     local = LocalStack(parameters=PARAMETERS, simulator=SIMULATOR).start()
     yield local
+    denied = local.iam.report()
     local.stop()
+    # Every AWS call of every function in the session was checked against its role (local/iam.py).
+    assert not denied, "calls the functions' roles do not allow:\n" + "\n".join(denied)
 
 
 @pytest.fixture

@@ -174,10 +174,17 @@ _AWS_ENV = {
 
 
 @pytest.fixture(scope="session")
-def aws_endpoint() -> Iterator[str]:
-    """moto's server on loopback; the environment points every boto3 client (and xjobs.aws) at it."""
+def aws_emulator() -> Iterator[AwsEmulator]:
     server = AwsEmulator(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint(aws_emulator: AwsEmulator) -> Iterator[str]:
+    """moto's server on loopback; the environment points every boto3 client (and xjobs.aws) at it."""
+    server = aws_emulator
     endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     names = [*_AWS_ENV, "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"]
     saved = {name: os.environ.get(name) for name in names}
@@ -185,7 +192,6 @@ def aws_endpoint() -> Iterator[str]:
     os.environ.pop("AWS_PROFILE", None)
     os.environ.update(_AWS_ENV | {"AWS_ENDPOINT_URL": endpoint})
     yield endpoint
-    server.stop()
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)

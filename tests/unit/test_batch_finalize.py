@@ -11,6 +11,7 @@ from tests.unit.conftest import LambdaContext
 from tests.unit.test_batch_worker import deliveries, request, sqs_event
 from xjobs import batch_finalize, batch_ingest, batch_worker, batches, notify
 from xjobs.batch_lines import error_line, result_line
+from xjobs.files import batch_file_id
 
 
 @pytest.fixture
@@ -92,7 +93,9 @@ def test_a_finished_batch_writes_its_files_in_input_order_and_announces_itself_o
     assert notice["message"]["batch"]["status"] == "completed"
     assert notice["message"]["id"] == f"evt_{batch_id}"  # receivers drop a repeat by it
     assert notice["message"]["batch"]["request_counts"] == {"total": 12, "completed": 9, "failed": 3}
-    assert notice["message"]["batch"]["output_file_id"] == batch["output_key"]
+    # The Files API's ids of the batch's files (GET /v1/files/{id}/content reads them).
+    assert notice["message"]["batch"]["output_file_id"] == batch_file_id(batch_id, "output")
+    assert notice["message"]["batch"]["error_file_id"] == batch_file_id(batch_id, "errors")
 
 
 def test_a_finalizer_that_runs_twice_announces_once_and_changes_nothing(
@@ -267,7 +270,7 @@ def test_an_output_larger_than_a_part_is_uploaded_in_parts_in_order(
                 "expires_at": 0,
             }
         )
-    assert len(store.record(stored)) == 12
+    assert store.record(stored) == set()
 
     finished = batch_finalize.finalize(batch_id)
 

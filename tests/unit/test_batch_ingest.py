@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import boto3
 import pytest
 
 from tests.unit.conftest import LambdaContext
-from xjobs import batch_ingest, batches
+from xjobs import batch_finalize, batch_ingest, batch_worker, batches
 from xjobs.batch_ingest import CHECKPOINT_LINES, INLINE_BODY_BYTES, MAX_LINE_BYTES, TIME_MARGIN_MS
 from xjobs.batch_lines import estimated_tokens
 
@@ -168,7 +169,7 @@ def test_a_mixed_file_enqueues_exactly_the_good_lines_and_stores_the_bad_ones(
     assert batch["ingested"] is True
     assert batch["offset"] == len(content)
     assert batch["status"] == batches.IN_PROGRESS
-    assert batch["done"] == 0
+    assert (batch["done"], batch["failed"]) == (13, 13), "the error lines are counted as results"
 
 
 def test_the_last_line_counts_without_a_trailing_newline(ingest_file, batch_settings, work_queue):
@@ -236,23 +237,128 @@ def test_a_file_of_only_bad_lines_is_handed_to_the_finalizer(ingest_file, batch_
     assert received(work_queue) == []
 
 
-def test_a_batch_cancelled_during_its_ingest_keeps_only_the_lines_already_sent(
+def test_a_batch_cancelled_before_its_ingest_gives_every_line_an_error_line(
     batch_settings, data_bucket, work_queue
 ):
     store = batches.BatchStore(batch_settings.batches_table, batch_settings.batch_items_table)
-    key = upload(data_bucket, jsonl([request(f"r{i}") for i in range(1, 26)]))
+    lines = [request(f"r{i}") for i in range(1, 26)]
+    lines[3] = "not json"
+    key = upload(data_bucket, jsonl(lines))
     batch_id = batch_ingest.open_batch(data_bucket, key)
     store.cancel(batch_id, batch_ingest.DIRECT_UPLOAD_TENANT)
 
     batch_ingest.ingest(batch_id, LambdaContext())
 
     batch = batch_of(batch_settings, batch_id)
-    sent = received(work_queue)
-    assert batch["ingested"] is True
-    assert batch["status"] == batches.CANCELLING
-    assert len(sent) < 25, "messages not yet sent when the cancel was seen are not part of the batch"
-    assert batch["enqueued"] == batch["lines"] == len(sent)
-    assert sorted(m["line"] for m in sent) == list(range(1, len(sent) + 1))
+    assert received(work_queue) == [], "nothing is sent once the cancel is seen"
+    errors = error_items(batch_settings, batch_id)
+    assert sorted(errors) == list(range(1, 26)), "every line has its result"
+    codes = {line: e["outcome"]["error"]["code"] for line, e in errors.items()}
+    assert codes == {line: "invalid_json" if line == 4 else "batch_cancelled" for line in range(1, 26)}
+    assert errors[5]["outcome"]["custom_id"] == "r5"
+    assert (batch["lines"], batch["enqueued"], batch["done"]) == (25, 0, 25)
+    assert batch["status"] == batches.FINALIZING
+
+
+def test_a_cancel_seen_mid_ingest_turns_the_rest_of_the_file_into_error_lines(
+    batch_settings, data_bucket, work_queue, short_of_time
+):
+    store = batches.BatchStore(batch_settings.batches_table, batch_settings.batch_items_table)
+    total = 2 * CHECKPOINT_LINES + 30
+    key = upload(data_bucket, jsonl([request(f"r{i}") for i in range(1, total + 1)]))
+    batch_id = batch_ingest.open_batch(data_bucket, key)
+    batch_ingest.ingest(batch_id, short_of_time)  # stops after its first checkpoint
+    store.cancel(batch_id, batch_ingest.DIRECT_UPLOAD_TENANT)
+
+    batch_ingest.ingest(batch_id, LambdaContext())
+
+    batch = batch_of(batch_settings, batch_id)
+    sent = sorted(m["line"] for m in received(work_queue))
+    errors = error_items(batch_settings, batch_id)
+    assert sent == list(range(1, CHECKPOINT_LINES + 1))
+    assert sorted(errors) == list(range(CHECKPOINT_LINES + 1, total + 1)), "no line lost, none twice"
+    assert {e["outcome"]["error"]["code"] for e in errors.values()} == {"batch_cancelled"}
+    assert (batch["lines"], batch["enqueued"], batch["ingested"]) == (total, len(sent), True)
+    assert batch["done"] == len(errors)
+    assert batch["status"] == batches.CANCELLING, "the sent lines are still to be accounted for"
+
+
+def test_hostile_lines_are_their_own_error_lines_and_the_rest_runs(ingest_file, batch_settings, work_queue):
+    lines = [
+        request("a"),
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(request("b\ud800")).encode(),
+        request("c", max_tokens=10**60),
+        b'{"custom_id": "d", ' + b'"x": ' * 50_000,
+        request("e"),
+    ]
+
+    batch_id = ingest_file(jsonl(lines))
+
+    sent = sorted((m["line"], m["custom_id"]) for m in received(work_queue))
+    assert sent == [(1, "a"), (4, "c"), (6, "e")]
+    errors = error_items(batch_settings, batch_id)
+    assert {line: e["outcome"]["error"]["code"] for line, e in errors.items()} == {
+        2: "invalid_json",
+        3: "invalid_json",
+        5: "invalid_json",
+    }
+    assert errors[3]["custom_id"] == "", "a custom_id that cannot be stored is left out"
+    assert batch_of(batch_settings, batch_id)["ingested"] is True
+
+
+def test_a_file_over_the_line_limit_fails_the_batch_before_any_line_runs(
+    ingest_file, batch_settings, work_queue, monkeypatch
+):
+    monkeypatch.setenv("BATCH_MAX_LINES", "5")
+    from xjobs.settings import get_settings
+
+    get_settings.cache_clear()
+    at_limit = ingest_file(jsonl([request(f"r{i}") for i in range(5)] + ["", ""]))
+    assert batch_of(batch_settings, at_limit)["enqueued"] == 5, "blank lines do not count"
+    received(work_queue)
+
+    over = ingest_file(jsonl([request(f"r{i}") for i in range(6)]))
+
+    batch = batch_of(batch_settings, over)
+    assert received(work_queue) == []
+    assert error_items(batch_settings, over) == {}, "no item per line"
+    assert batch["refused"]["code"] == "too_many_lines"
+    assert batch["status"] == batches.FINALIZING
+    assert batch_finalize.finalize(over)["errors"]["data"][0]["code"] == "too_many_lines"
+
+
+def test_two_ingests_of_one_upload_run_each_line_once(batch_settings, data_bucket, work_queue, sim):
+    from tests.unit.test_batch_worker import deliveries, sqs_event
+
+    lines = [request(f"r{i}", f"q{i}") for i in range(1, 121)] + [request("r7", "again")]
+    key = upload(data_bucket, jsonl(lines))
+    batch_id = batch_ingest.open_batch(data_bucket, key)
+    # Two invocations for the same event (S3 delivered it twice), both started before either checkpointed
+    go = threading.Barrier(2)
+
+    def run() -> None:
+        go.wait()
+        batch_ingest.ingest(batch_id, LambdaContext())
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    messages = deliveries(work_queue)
+    assert {json.loads(m["Body"])["line"] for m in messages} == set(range(1, 121))
+    errors = error_items(batch_settings, batch_id)
+    assert [(line, e["outcome"]["error"]["code"]) for line, e in errors.items()] == [
+        (121, "duplicate_custom_id")
+    ]
+    # Whatever was sent twice is run once: the workers, each message delivered (copies to several)
+    for start in range(0, len(messages), 10):
+        batch_worker.handle(sqs_event(messages[start : start + 10]), LambdaContext())
+    assert len([c for c in sim.calls if c.path == "/v1/chat/completions"]) == 120
+    finished = batch_of(batch_settings, batch_id)
+    assert (finished["done"], finished["lines"], finished["status"]) == (121, 121, batches.FINALIZING)
 
 
 # -- across invocations ----------------------------------------------------------------------------
@@ -389,12 +495,12 @@ def test_peak_memory_grows_far_less_than_the_file(batch_settings, data_bucket, h
     # moto's SQS takes time linear in the queue's length per message, so the work queue here is a peer
     # that accepts every SendMessageBatch (it answers {}: no entry failed); S3 and DynamoDB are moto's.
     def opened(count: int) -> tuple[str, int]:
-        content = jsonl([request(f"req-{n}", f"{n} " + "w" * 1000) for n in range(count)])
+        content = jsonl([request(f"req-{n}", f"{n} " + "w" * 2000) for n in range(count)])
         return batch_ingest.open_batch(data_bucket, upload(data_bucket, content)), len(content)
 
     warm, _ = opened(20)
-    small, small_bytes = opened(2_000)
-    large, large_bytes = opened(20_000)
+    small, small_bytes = opened(1_000)
+    large, large_bytes = opened(10_000)
     environment = os.environ | {
         "PYTHONPATH": os.pathsep.join(sys.path),
         "AWS_ENDPOINT_URL_SQS": http_peer.url,
@@ -411,8 +517,8 @@ def test_peak_memory_grows_far_less_than_the_file(batch_settings, data_bucket, h
     assert run.returncode == 0, run.stderr[-3000:]
     small_peak, large_peak = json.loads(run.stdout.splitlines()[-1])
     sent = sum(len(json.loads(r.body)["Entries"]) for r in http_peer.received)
-    assert sent == 20 + 2_000 + 20_000, "every line reached the queue"
-    assert batch_of(batch_settings, large)["enqueued"] == 20_000
+    assert sent == 20 + 1_000 + 10_000, "every line reached the queue"
+    assert batch_of(batch_settings, large)["enqueued"] == 10_000
     file_growth = large_bytes - small_bytes
     assert large_peak - small_peak < 0.15 * file_growth, (small_peak, large_peak, file_growth)
     assert large_peak < 0.5 * large_bytes, (large_peak, large_bytes)

@@ -156,7 +156,7 @@ def test_results_of_one_request_in_one_record_call_count_once(store, start_batch
     batch_id, _ = start_batch(request("a"), request("b"))
     result = {"batch_id": batch_id, "line": 1, "custom_id": "a", "ok": True, "expires_at": 0}
 
-    assert len(store.record([{**result, "outcome": '"first"'}, {**result, "outcome": '"second"'}])) == 1
+    assert store.record([{**result, "outcome": '"first"'}, {**result, "outcome": '"second"'}]) == set()
 
     assert outcomes(store, batch_id)[1]["outcome"] == "first"
     assert store.get(batch_id)["done"] == 1
@@ -165,13 +165,13 @@ def test_results_of_one_request_in_one_record_call_count_once(store, start_batch
 def test_concurrent_records_of_one_request_store_one_result_and_count_it_once(store, start_batch):
     batch_id, _ = start_batch(request("a"), request("b"))
     go = threading.Barrier(8)
-    recorded: list[int] = []
+    recorded: list[set] = []
 
     def record(n: int) -> None:
         own = batches.BatchStore(store.batches_table, store.items_table)
         result = {"batch_id": batch_id, "line": 1, "custom_id": "a", "ok": True, "outcome": f"result {n}"}
         go.wait()
-        recorded.append(len(own.record([{**result, "expires_at": 0}])))
+        recorded.append(own.record([{**result, "expires_at": 0}]))
 
     threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -179,7 +179,7 @@ def test_concurrent_records_of_one_request_store_one_result_and_count_it_once(st
     for thread in threads:
         thread.join(timeout=10)
 
-    assert sorted(recorded) == [0] * 7 + [1]
+    assert recorded == [set()] * 8, "nothing left uncounted"
     batch = store.get(batch_id)
     assert (batch["done"], batch["failed"]) == (1, 0)
     (result,) = store.results(batch_id)
@@ -259,7 +259,10 @@ def test_a_429_without_a_stated_wait_cuts_the_shared_rate_and_sends_the_request_
     # THEN the delivered message is done with (deleted, so it uses up no receive) and a new one waits
     assert returned(response) == set()
     assert deliveries(work_queue) == [], "not visible before the backoff"
-    assert item(batch_settings, batch_id, 1) is None, "a 429 is no failed attempt and no result"
+    left = item(batch_settings, batch_id, 1)
+    assert not {"attempts", "outcome", "lease_until"} & set(left), (
+        "a 429: no failed attempt, no result, no lease"
+    )
     # AND every worker's rate is cut from the configured 6,000 a minute
     rate = shared_rate(batch_settings)
     assert (rate["rpm"], rate["epoch"], rate["ceiling"]) == (6000 * limiter.CUT_FAR, 1, 6000)
@@ -510,7 +513,15 @@ def finished_batch(store: batches.BatchStore, **fields) -> str:
         metadata={},
     )
     store.create(
-        {**batch, "status": batches.IN_PROGRESS, "ingested": True, "enqueued": 5, "done": 5, **fields}
+        {
+            **batch,
+            "status": batches.IN_PROGRESS,
+            "ingested": True,
+            "lines": 5,
+            "enqueued": 5,
+            "done": 5,
+            **fields,
+        }
     )
     return batch["id"]
 
@@ -548,3 +559,159 @@ def test_claim_finalize_refuses_a_batch_that_is_not_done(store, fields):
 
     assert store.claim_finalize(batch_id) is False
     assert store.get(batch_id)["status"] == fields.get("status", batches.IN_PROGRESS)
+
+
+# -- unreadable messages ---------------------------------------------------------------------------
+
+
+UNREADABLE = [
+    "not json",
+    "[" * 100_000,
+    "[1, 2]",
+    "{}",
+    '{"batch_id": 7, "line": 1, "custom_id": "x", "tokens": 1, "expires_at": 1, "body": {}}',
+    '{"batch_id": "b", "line": true, "custom_id": "x", "tokens": 1, "expires_at": 1, "body": {}}',
+    '{"batch_id": "b", "line": 1, "custom_id": "x", "tokens": 1, "expires_at": 1}',
+]
+
+
+def with_unreadable(messages: list[dict]) -> list[dict]:
+    """The messages, with an unreadable one before each (as if put on the queue by someone else)."""
+    mixed = []
+    for n, message in enumerate(messages):
+        body = UNREADABLE[n % len(UNREADABLE)]
+        mixed.append({**message, "MessageId": f"unreadable-{n}", "Body": body})
+        mixed.append(message)
+    return mixed
+
+
+def test_unreadable_messages_are_set_aside_and_the_others_of_their_batch_run(sim, store, start_batch, caplog):
+    batch_id, messages = start_batch(*[request(f"r{n}", f"q{n}") for n in range(len(UNREADABLE))])
+    mixed = with_unreadable(messages)
+
+    response = batch_worker.handle(sqs_event(mixed), LambdaContext())
+
+    assert response == {"batchItemFailures": []}, "set aside: deleted with the successes, never retried"
+    assert sorted(outcomes(store, batch_id)) == list(range(1, len(UNREADABLE) + 1))
+    assert all(r["ok"] for r in outcomes(store, batch_id).values())
+    assert len(chat_calls(sim)) == len(UNREADABLE)
+    set_aside = [r for r in caplog.records if r.getMessage() == "unreadable message set aside"]
+    assert len(set_aside) == len(UNREADABLE)
+
+
+def test_dead_letters_become_error_lines_beside_unreadable_ones(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"), request("b"), request("c"))
+
+    response = batch_worker.handle_dead_letters(sqs_event(with_unreadable(messages)), LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    results = outcomes(store, batch_id)
+    assert {line: r["outcome"]["error"]["code"] for line, r in results.items()} == {
+        1: "delivery_failed",
+        2: "delivery_failed",
+        3: "delivery_failed",
+    }
+    assert store.get(batch_id)["status"] == batches.FINALIZING
+    assert chat_calls(sim) == []
+
+
+# -- leases: one copy of a request calls xAI at a time ----------------------------------------------
+
+
+def test_two_copies_running_at_once_call_xai_once(sim, store, start_batch, work_queue):
+    sim.update(chat_latency_median=0.8, chat_latency_sigma=0.01)
+    batch_id, messages = start_batch(request("a"))
+    copy = {**messages[0], "MessageId": "second-copy"}
+    go = threading.Barrier(2)
+    responses = {}
+
+    def deliver(message: dict) -> None:
+        go.wait()
+        responses[message["MessageId"]] = batch_worker.handle(sqs_event([message]), LambdaContext())
+
+    threads = [threading.Thread(target=deliver, args=(m,)) for m in (messages[0], copy)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(chat_calls(sim)) == 1, "the lease kept the second copy from calling xAI"
+    back = [m for m, r in responses.items() if returned(r)]
+    assert len(back) == 1, responses
+    assert outcomes(store, batch_id)[1]["ok"] is True
+    assert store.get(batch_id)["done"] == 1
+    # The copy that came back finds the result and calls nobody
+    again = {**messages[0], "MessageId": back[0]}
+    assert batch_worker.handle(sqs_event([again]), LambdaContext()) == {"batchItemFailures": []}
+    assert len(chat_calls(sim)) == 1
+
+
+def test_the_lease_of_a_crashed_worker_is_taken_again_once_it_ends(sim, store, start_batch):
+    batch_id, messages = start_batch(request("a"))
+    token, _ = store.lease(batch_id, 1, 1.0, 0)  # a worker took it, then crashed
+    assert token is not None
+
+    held = batch_worker.handle(sqs_event(messages), LambdaContext())
+    assert returned(held) == {messages[0]["MessageId"]}
+    assert chat_calls(sim) == []
+    time.sleep(1.1)
+    assert batch_worker.handle(sqs_event(messages), LambdaContext()) == {"batchItemFailures": []}
+
+    assert len(chat_calls(sim)) == 1
+    assert outcomes(store, batch_id)[1]["ok"] is True
+
+
+# -- counter contention: no answer is ever thrown away ---------------------------------------------
+
+
+@pytest.fixture
+def contended(aws_emulator):
+    """DynamoDB as under heavy load: a transaction holds its items 80 ms, so transactions on one
+    batch's counter item conflict (TransactionConflict) as they do when many workers record at once."""
+    aws_emulator.transaction_conflict_seconds = 0.08
+    yield aws_emulator
+    aws_emulator.transaction_conflict_seconds = 0.0
+
+
+def test_under_counter_contention_every_result_is_stored_at_once_and_counted_exactly_once(
+    store, start_batch, contended
+):
+    recorders = 60
+    batch_id, _ = start_batch(*[request(f"r{n}") for n in range(recorders)])
+    go = threading.Barrier(recorders)
+    left: dict[int, set] = {}
+    failures: list[BaseException] = []
+
+    def record(line: int) -> None:
+        own = batches.BatchStore(store.batches_table, store.items_table)
+        result = {"batch_id": batch_id, "line": line, "custom_id": f"r{line - 1}", "ok": line % 2 == 0}
+        go.wait()
+        try:
+            left[line] = own.record(
+                [{**result, "outcome": f"answer {line}", "expires_at": 0}], count_seconds=2
+            )
+        except BaseException as exc:  # an answer lost to contention fails the test below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(1, recorders + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert failures == []
+    stored = {r["line"]: r["outcome"] for r in store.results(batch_id)}
+    assert stored == {n: f"answer {n}" for n in range(1, recorders + 1)}, "every answer is kept at once"
+    uncounted = set().union(*left.values())
+    assert uncounted, "precondition: the contention left some results to count later"
+    batch = store.get(batch_id)
+    assert batch["done"] == recorders - len(uncounted)
+    # The messages of the uncounted results come back; their next delivery counts them, once
+    contended.transaction_conflict_seconds = 0.0
+    prefetched, _ = store.prefetch(sorted(uncounted))
+    recount = [{"batch_id": b, "line": n, "ok": prefetched[(b, n)]["ok"]} for b, n in sorted(uncounted)]
+    assert all(prefetched[key]["uncounted"] for key in uncounted)
+    assert store.record([], recount) == set()
+    assert store.record([], recount) == set(), "a second recount changes nothing"
+    batch = store.get(batch_id)
+    assert (batch["done"], batch["failed"]) == (recorders, recorders // 2)

@@ -276,6 +276,28 @@ def test_429_with_an_unparseable_retry_after_still_raises_rate_limited(http_peer
         pytest.fail("a 429 must raise XaiRateLimited")
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Retry-After": "inf"},
+        {"Retry-After": "nan"},
+        {"Retry-After": "1e400"},
+        {"x-ratelimit-reset-requests": "1e400"},
+    ],
+)
+def test_429_with_an_endless_wait_gives_a_finite_one(http_peer, make_client, headers):
+    # A wait of inf makes every computation after it overflow (math.ceil(inf) raises OverflowError).
+    http_peer.status = 429
+    http_peer.headers = headers
+    http_peer.body = b'{"error": "slow down"}'
+    client = make_client(http_peer.url)
+
+    with pytest.raises(XaiRateLimited) as caught:
+        client.chat(CHAT)
+
+    assert 0 <= caught.value.retry_after < 3600
+
+
 # -- 5xx, timeouts, broken connections ---------------------------------------------------------------
 
 

@@ -7,11 +7,10 @@ from . import batches, jobs
 from .files import FileNotFound
 from .loop import wake
 from .models import BadRequest, parse_job_request
-from .notify import check_callback_token
 from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
-from .upstream import account, secret
+from .upstream import account
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
 
@@ -22,6 +21,10 @@ MAX_PAGE = 100
 
 class Unauthenticated(PermissionError):
     pass
+
+
+class TooManyCallbacks(RuntimeError):
+    """A job's callbacks came faster, or more often, than a job's callbacks may."""
 
 
 def error(
@@ -151,19 +154,6 @@ def cancel_job(job_id: str):
     return job_view(job)
 
 
-@router.post("/v1/callbacks/xai/<job_id>")
-def upstream_callback(job_id: str):
-    """The upstream says a job changed. Only a hint: the loop polls xAI for the truth at once."""
-    token = (router.current_event.query_string_parameters or {}).get("token", "")
-    settings = get_settings()
-    if not token or not check_callback_token(secret(settings.webhook_signing_secret), job_id, token):
-        raise jobs.JobNotFound(job_id)
-    job = _store().note_news(job_id)
-    if job:
-        wake(job.get("wake_token"))
-    return Response(202, "application/json", {"id": job_id, "accepted": True})
-
-
 def register_error_handlers(app: APIGatewayRestResolver) -> None:
     """Every error the API answers, in OpenAI's shape and with the status OpenAI uses for it."""
 
@@ -198,6 +188,10 @@ def register_error_handlers(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestInProgress)
     def in_progress(exc: RequestInProgress):
         return error(409, "request_in_progress", "a request with this Idempotency-Key is still in progress")
+
+    @app.exception_handler(TooManyCallbacks)
+    def too_many_callbacks(exc: TooManyCallbacks):
+        return error(429, "too_many_callbacks", str(exc), kind="rate_limit_error")
 
     @app.not_found
     def no_route(exc):

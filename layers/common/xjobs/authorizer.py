@@ -15,7 +15,6 @@ import os
 import threading
 import time
 
-from .settings import get_settings
 from .tenants import TenantStore, hash_key
 
 _cache: dict[str, tuple[float, dict]] = {}
@@ -48,7 +47,7 @@ def _lookup(key: str) -> dict | None:
         hit = _cache.get(digest)
     if hit and hit[0] > now:
         return hit[1]
-    record = TenantStore(get_settings().tenants_table).authenticate(key)
+    record = TenantStore(os.environ["TENANTS_TABLE"]).authenticate(key)
     if record:
         with _lock:
             if len(_cache) >= CACHE_LIMIT:

@@ -14,7 +14,9 @@ def quiet_botocore() -> None:
     them): keep it at INFO or above whatever LogLevel or the root logger says."""
     for name in ("botocore", "boto3", "urllib3"):
         logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
+        if logger.level == logging.NOTSET:  # it would follow the root logger down to DEBUG
+            logger.setLevel(logging.WARNING)
+        elif logger.level < logging.INFO:
             logger.setLevel(logging.INFO)
 
 

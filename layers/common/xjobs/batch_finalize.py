@@ -48,6 +48,8 @@ def finalize(batch_id: str) -> dict | None:
 
 
 def _final_status(batch: dict, counts: dict) -> tuple[str, dict | None]:
+    if batch.get("refused"):
+        return batches.FAILED, _errors(batch["refused"]["code"], batch["refused"]["message"])
     if batch.get("cancelling_at"):
         return batches.CANCELLED, None
     if counts["ok"] + counts["failed"] == 0:

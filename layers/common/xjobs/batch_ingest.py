@@ -2,11 +2,20 @@
 
 The file is read in chunks (never whole in memory); each line is validated; good lines become SQS
 messages (SendMessageBatch; bodies too large for a message travel as S3 objects), bad lines become
-error results at once. Progress is checkpointed on the batch record with absolute counts, so an
-ingest that crashes or runs out of time resumes from its last checkpoint: a resent line is still
-run once (the worker skips a request that has its result) and counted once (see batches.py).
-Duplicate custom_ids are found with a set of 8-byte digests: about 70 bytes per line, the only
-memory that grows with the file.
+error results at once. A file of more lines than ``BATCH_MAX_LINES`` fails the batch before any line
+runs. Progress is checkpointed on the batch record with absolute counts, so an ingest that crashes or
+runs out of time resumes from its last checkpoint. What a resumed (or a second, concurrent) ingest
+sends again is harmless: a worker leases a request before calling xAI and keeps its first result,
+and every result, an error line written here included, is stored once and counted once (see
+batches.py); the batch ends when every line has its result (``done = lines``).
+
+Duplicate custom_ids are found in DynamoDB, not in memory: each custom_id is claimed for the first
+line that has it (a conditional write), so memory does not grow with the file and a resumed ingest
+needs nothing of the lines before its offset.
+
+A cancel seen at a checkpoint stops the sending, not the reading: the lines not yet sent, and all the
+rest of the file, become error lines (``batch_cancelled``, or their own error), so output lines +
+error lines = input lines for a cancelled batch too.
 """
 
 import hashlib
@@ -14,6 +23,7 @@ import json
 import time
 import urllib.parse
 from collections import Counter
+from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
@@ -27,6 +37,9 @@ MAX_LINE_BYTES = 8 << 20
 INLINE_BODY_BYTES = 64 * 1024  # SQS bills per 64 KB; a larger body goes to S3
 SEND_BATCH_BYTES = 900 * 1024  # SendMessageBatch carries at most 1 MiB in all
 CHECKPOINT_LINES = 500
+CLAIM_LINES = 100  # lines whose custom_ids are claimed together (one BatchGetItem)
+CLAIM_BYTES = 4 << 20  # ... or fewer, when they are large
+COUNT_SECONDS = 60.0  # how long the ingest keeps counting its error lines on a contended batch
 TIME_MARGIN_MS = 30_000  # hand over to a new invocation with this much time left
 INCOMING_PREFIX = "batches/incoming/"
 DIRECT_UPLOAD_TENANT = "s3"  # the tenant of a file put straight into the bucket without metadata
@@ -87,28 +100,19 @@ def ingest(batch_id: str, context) -> None:
         return  # a repeated event, or a batch already past ingest
     logger.append_keys(batch_id=batch_id, tenant=batch["tenant"])
     reader = _Reader(settings.data_bucket, batch["input_key"])
-    seen = _seen_custom_ids(reader, batch["offset"])
+    if batch["offset"] == 0 and _more_lines_than(reader, settings.batch_max_lines):
+        _refuse(
+            store, batch, "too_many_lines", f"the file holds more than {settings.batch_max_lines} requests"
+        )
+        return
     state = {k: batch.get(k, 0) for k in ("offset", "lines", "physical_lines", "enqueued", "ingest_errors")}
-    sender = _Sender(batch, settings)
+    sender = _Sender(batch, settings, store, state)
     since_checkpoint = 0
     for _, end, raw in reader.lines(batch["offset"]):
         state["physical_lines"] += 1
         if raw.strip():
             state["lines"] += 1
-            line = state["lines"]
-            try:
-                custom_id, body = parse_line(raw) if len(raw) <= MAX_LINE_BYTES else _too_long()
-                digest = _digest(custom_id)
-                if digest in seen:
-                    raise BadLine(
-                        "duplicate_custom_id", f"custom_id {custom_id!r} appears on an earlier line"
-                    )
-                seen.add(digest)
-                sender.enqueue(line, custom_id, body)
-                state["enqueued"] += 1
-            except BadLine as bad:
-                sender.reject(line, state["physical_lines"], custom_id_of(raw[:MAX_LINE_BYTES]), bad)
-                state["ingest_errors"] += 1
+            sender.add(state["lines"], state["physical_lines"], raw)
             since_checkpoint += 1
         state["offset"] = end
         if since_checkpoint >= CHECKPOINT_LINES:
@@ -124,23 +128,32 @@ def ingest(batch_id: str, context) -> None:
 
 
 def _checkpoint(store: batches.BatchStore, batch: dict, sender: "_Sender", state: dict) -> bool:
-    """Flush what is buffered and record progress. False when this ingest must stop: the batch was
-    cancelled (the lines not yet sent are not part of it), or another ingest moved on."""
-    cancelled = store.get(batch["id"])["status"] == batches.CANCELLING
-    if cancelled:
-        dropped = sender.drop()
-        state.update(ingested=True, lines=state["lines"] - dropped, enqueued=state["enqueued"] - dropped)
+    """Send and store what is buffered, then record progress. False when this ingest must stop:
+    another ingest of the same batch moved on."""
+    if not sender.cancelled and store.get(batch["id"])["status"] == batches.CANCELLING:
+        sender.cancel()
     sender.flush()
     if state["enqueued"]:
         store.start(batch["id"])
     if not store.checkpoint(batch["id"], batch["offset"], **state):
         return False
     batch.update(state)
-    if cancelled:
-        if store.claim_finalize(batch["id"]):
-            start_finalizer(batch["id"])
-        return False
     return True
+
+
+def _more_lines_than(reader: "_Reader", limit: int) -> bool:
+    """Whether the file holds more than ``limit`` non-blank lines (read twice only when it may)."""
+    if reader.newlines() < limit:
+        return False
+    return sum(1 for _, _, raw in reader.lines(0) if raw.strip()) > limit
+
+
+def _refuse(store: batches.BatchStore, batch: dict, code: str, message: str) -> None:
+    """Fail the batch before any line runs (the finalizer ends it failed with this error)."""
+    logger.warning("batch refused", extra={"code": code})
+    refused = {"code": code, "message": message}
+    if store.checkpoint(batch["id"], 0, ingested=True, refused=refused) and store.claim_finalize(batch["id"]):
+        start_finalizer(batch["id"])
 
 
 def _continue(batch_id: str, context) -> None:
@@ -165,26 +178,25 @@ def _store() -> batches.BatchStore:
     return batches.BatchStore(settings.batches_table, settings.batch_items_table)
 
 
-def _digest(custom_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "big")
+@dataclass
+class _Line:
+    line: int  # its place among the non-blank lines: orders the results
+    number: int  # where it is in the file (blank lines count): named in its error line
+    custom_id: str | None
+    body: dict | None
+    bad: BadLine | None
 
 
-def _too_long():
-    raise BadLine("line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes")
-
-
-def _seen_custom_ids(reader: "_Reader", offset: int) -> set[int]:
-    """The custom_ids of the lines before ``offset``, for a resumed ingest to keep finding duplicates."""
-    seen: set[int] = set()
-    if offset:
-        for _, _, raw in reader.lines(0, stop=offset):
-            if raw.strip():
-                try:
-                    custom_id, _ = parse_line(raw) if len(raw) <= MAX_LINE_BYTES else _too_long()
-                except BadLine:
-                    continue
-                seen.add(_digest(custom_id))
-    return seen
+def _read_line(line: int, number: int, raw: bytes) -> _Line:
+    """A line parsed and validated; whatever is wrong with it is its own error, never the batch's."""
+    if len(raw) > MAX_LINE_BYTES:
+        bad = BadLine("line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes")
+        return _Line(line, number, custom_id_of(raw[:MAX_LINE_BYTES]), None, bad)
+    try:
+        custom_id, body = parse_line(raw)
+    except BadLine as bad:
+        return _Line(line, number, custom_id_of(raw), None, bad)
+    return _Line(line, number, custom_id, body, None)
 
 
 class _Reader:
@@ -192,6 +204,11 @@ class _Reader:
 
     def __init__(self, bucket: str, key: str):
         self.bucket, self.key = bucket, key
+
+    def newlines(self) -> int:
+        """How many newline bytes the object holds."""
+        body = aws.client("s3").get_object(Bucket=self.bucket, Key=self.key)["Body"]
+        return sum(chunk.count(b"\n") for chunk in body.iter_chunks(CHUNK_BYTES))
 
     def lines(self, offset: int, stop: int | None = None):
         args = {"Bucket": self.bucket, "Key": self.key}
@@ -228,70 +245,118 @@ class _Reader:
 
 
 class _Sender:
-    """Buffers work messages into SendMessageBatch calls and error results into BatchWriteItem."""
+    """Lines into work messages (SendMessageBatch) and error results (stored and counted), after their
+    custom_ids are claimed in DynamoDB a chunk at a time."""
 
-    def __init__(self, batch: dict, settings):
+    def __init__(self, batch: dict, settings, store: batches.BatchStore, state: dict):
         self.batch = batch
         self.settings = settings
+        self.store = store
+        self.state = state
+        self.cancelled = batch["status"] == batches.CANCELLING
+        self.pending: list[_Line] = []
+        self.pending_bytes = 0
         self.messages: list[dict] = []
+        self.queued: list[_Line] = []  # the lines of the messages not yet sent
         self.message_bytes = 0
         self.errors: list[dict] = []
         self.codes: list[str] = []  # of the error lines, for the BatchLines metric
 
-    def enqueue(self, line: int, custom_id: str, body: dict) -> None:
-        message = {
-            "batch_id": self.batch["id"],
-            "line": line,
-            "custom_id": custom_id,
-            "tokens": estimated_tokens(body),
-            "expires_at": self.batch["expires_at"],
-        }
-        encoded = json.dumps(body, separators=(",", ":"))
-        if len(encoded) > INLINE_BODY_BYTES:
-            key = batches.body_key(self.batch["id"], line)
-            aws.client("s3").put_object(Bucket=self.settings.data_bucket, Key=key, Body=encoded.encode())
-            message["body_key"] = key
-        else:
-            message["body"] = body
-        payload = json.dumps(message, separators=(",", ":"))
-        if len(self.messages) == 10 or self.message_bytes + len(payload) > SEND_BATCH_BYTES:
-            self._send()
-        self.messages.append({"Id": str(line), "MessageBody": payload})
-        self.message_bytes += len(payload)
+    def add(self, line: int, number: int, raw: bytes) -> None:
+        self.pending.append(_read_line(line, number, raw))
+        self.pending_bytes += min(len(raw), MAX_LINE_BYTES)
+        if len(self.pending) >= CLAIM_LINES or self.pending_bytes >= CLAIM_BYTES:
+            self._place()
 
-    def reject(self, line: int, line_number: int, custom_id: str | None, bad: BadLine) -> None:
-        """``line`` orders the results; ``line_number`` is where it is in the file (blank lines count)."""
-        self.errors.append(
-            {
-                "batch_id": self.batch["id"],
-                "line": line,
-                "custom_id": custom_id or "",
-                "ok": False,
-                "outcome": error_line(batches.request_id(), custom_id, bad.code, bad.message, line_number),
-                "expires_at": self.batch["retain_until"],
-            }
-        )
-        self.codes.append(bad.code)
-
-    def drop(self) -> int:
-        """Forget the messages not yet sent; returns how many."""
-        dropped = len(self.messages)
-        self.messages, self.message_bytes = [], 0
-        return dropped
+    def cancel(self) -> None:
+        """From now on no line is sent: those waiting to be become ``batch_cancelled`` error lines."""
+        self.cancelled = True
+        for line in self.queued:
+            self._reject(line, _CANCELLED)
+        self.state["enqueued"] -= len(self.queued)
+        self.messages, self.queued, self.message_bytes = [], [], 0
 
     def flush(self) -> None:
+        self._place()
         self._send()
         if self.errors:
-            with aws.table(self.settings.batch_items_table).batch_writer() as writer:
-                for item in self.errors:
-                    writer.put_item(Item=item)
+            left = self.store.record(self.errors, count_seconds=COUNT_SECONDS)
+            if left:
+                raise RuntimeError(
+                    f"{len(left)} error lines stored but not counted: the batch's item is contended"
+                )
             for code, count in Counter(self.codes).items():
                 metric("BatchLines", count, Outcome=code)
             self.errors, self.codes = [], []
 
+    def _place(self) -> None:
+        """Claim the custom_ids of the pending lines; each line is then sent, or an error line."""
+        lines, self.pending, self.pending_bytes = self.pending, [], 0
+        if not self.cancelled:
+            self._find_duplicates([line for line in lines if line.bad is None])
+        for line in lines:
+            if line.bad is not None:
+                self._reject(line, line.bad)
+            elif self.cancelled:
+                self._reject(line, _CANCELLED)
+            else:
+                self._enqueue(line)
+
+    def _find_duplicates(self, lines: list[_Line]) -> None:
+        first: dict[str, _Line] = {}
+        for line in lines:
+            if line.custom_id in first:
+                line.bad = _duplicate(line.custom_id, first[line.custom_id].number)
+            else:
+                first[line.custom_id] = line
+
+        claims = [(custom_id, line.line, line.number) for custom_id, line in first.items()]
+        earlier = self.store.claim_custom_ids(self.batch["id"], claims, self.batch["retain_until"])
+        for custom_id, number in earlier.items():
+            first[custom_id].bad = _duplicate(custom_id, number)
+
+    def _enqueue(self, line: _Line) -> None:
+        message = {
+            "batch_id": self.batch["id"],
+            "line": line.line,
+            "custom_id": line.custom_id,
+            "tokens": estimated_tokens(line.body),
+            "expires_at": self.batch["expires_at"],
+        }
+        encoded = json.dumps(line.body, separators=(",", ":"))
+        if len(encoded) > INLINE_BODY_BYTES:
+            key = batches.body_key(self.batch["id"], line.line)
+            aws.client("s3").put_object(Bucket=self.settings.data_bucket, Key=key, Body=encoded.encode())
+            message["body_key"] = key
+        else:
+            message["body"] = line.body
+        payload = json.dumps(message, separators=(",", ":"))
+        if len(self.messages) == 10 or self.message_bytes + len(payload) > SEND_BATCH_BYTES:
+            self._send()
+        self.messages.append({"Id": str(line.line), "MessageBody": payload})
+        self.queued.append(line)
+        self.message_bytes += len(payload)
+        self.state["enqueued"] += 1
+
+    def _reject(self, line: _Line, bad: BadLine) -> None:
+        self.errors.append(
+            {
+                "batch_id": self.batch["id"],
+                "line": line.line,
+                "custom_id": line.custom_id or "",
+                "ok": False,
+                "outcome": error_line(
+                    batches.request_id(), line.custom_id, bad.code, bad.message, line.number
+                ),
+                "expires_at": self.batch["retain_until"],
+            }
+        )
+        self.state["ingest_errors"] += 1
+        self.codes.append(bad.code)
+
     def _send(self) -> None:
         entries = self.messages
-        self.messages, self.message_bytes = [], 0
+        self.messages, self.queued, self.message_bytes = [], [], 0
         for _ in range(5):
             if not entries:
                 return
@@ -305,3 +370,10 @@ class _Sender:
                 time.sleep(0.2)
         if entries:
             raise RuntimeError(f"SQS refused {len(entries)} messages five times")
+
+
+_CANCELLED = BadLine("batch_cancelled", "the batch was cancelled before this request ran")
+
+
+def _duplicate(custom_id: str, first: int) -> BadLine:
+    return BadLine("duplicate_custom_id", f"custom_id {custom_id!r} appears on an earlier line ({first})")

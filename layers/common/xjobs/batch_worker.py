@@ -10,7 +10,9 @@ comes back after a backoff growing from about a second to 30 s. An account out o
 work (account.py): one request per probe interval tries, the others wait. 5xx answers and timeouts
 come back with a growing backoff until ``BATCH_MAX_ATTEMPTS``, then become error lines; 4xx answers
 are error lines at once. A request that already has its result (SQS delivered it twice) is not sent
-to xAI again.
+to xAI again, and a request is leased before its xAI call, so two copies running at once never both
+call. A message that cannot be read is logged and set aside (deleted); it never holds back the others
+of its SQS batch.
 """
 
 import asyncio
@@ -40,6 +42,7 @@ from .xai import XaiAccountBlocked, XaiClient, XaiRateLimited, XaiRejected, XaiU
 MAX_BACKOFF_SECONDS = 60
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
 RESULT_MARGIN_SECONDS = 5  # time left after an xAI call to record its result
+LEASE_MARGIN_SECONDS = RESULT_MARGIN_SECONDS + 5  # a lease ends after the invocation that holds it
 REPEAT_RETURN_SECONDS = 10  # a second copy of a message in one invocation waits for the first's result
 MAX_DELAY_SECONDS = 900  # SQS's longest DelaySeconds
 SHORT_WAIT_SECONDS = 1.0  # a request waits for the limiter in the worker this long at most
@@ -62,15 +65,15 @@ def handle(event: dict, context) -> dict:
     # Results are stored, and the requests that wait are sent again, before the answer deletes their
     # messages: if this fails, all come back.
     work.save()
-    return response
+    return _with_uncounted(response, work)
 
 
 def handle_dead_letters(event: dict, context) -> dict:
     """Messages that used up their receives: each request becomes an error line, so the batch ends."""
     work = _Work(event.get("Records", []), context)
     for record in event.get("Records", []):
-        message = json.loads(record["body"])
-        if not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
+        message = work.messages[record["messageId"]]
+        if message is not None and not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
             receives = record.get("attributes", {}).get("ApproximateReceiveCount", "?")
             logger.warning(
                 "request used up its deliveries",
@@ -84,7 +87,40 @@ def handle_dead_letters(event: dict, context) -> dict:
                 message, "delivery_failed", f"the request was received {receives} times without a result"
             )
     work.save()
-    return {"batchItemFailures": []}
+    return _with_uncounted({"batchItemFailures": []}, work)
+
+
+def _with_uncounted(response: dict, work: "_Work") -> dict:
+    """The messages whose results are stored but not yet counted come back, for their count."""
+    failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+    extra = [{"itemIdentifier": m} for m in sorted(work.uncounted_messages - failed)]
+    return {**response, "batchItemFailures": response["batchItemFailures"] + extra}
+
+
+MESSAGE_FIELDS = {"batch_id": str, "line": int, "custom_id": str, "tokens": int, "expires_at": int}
+
+
+def read_message(record_id: str, body: str) -> dict | None:
+    """A work message, or None (logged) if it cannot be one: such a message is set aside, deleted,
+    never retried, so that it cannot hold back the others of its SQS batch."""
+    try:
+        message = json.loads(body)
+        readable = isinstance(message, dict) and all(
+            isinstance(message.get(name), kind) and not isinstance(message.get(name), bool)
+            for name, kind in MESSAGE_FIELDS.items()
+        )
+        readable = readable and (
+            isinstance(message.get("body"), dict) or isinstance(message.get("body_key"), str)
+        )
+    except (ValueError, RecursionError):
+        readable = False
+    if not readable:
+        logger.error(
+            "unreadable message set aside",
+            extra={"message_id": record_id, "body_head": str(body)[:200], "unreadable_messages": 1},
+        )
+        return None
+    return message
 
 
 class _Work:
@@ -96,18 +132,23 @@ class _Work:
         self.context = context
         self.settings = settings
         self.store = batches.BatchStore(settings.batches_table, settings.batch_items_table)
-        messages = [json.loads(r["body"]) for r in records]
-        self.known, self.batches = self.store.prefetch([(m["batch_id"], m["line"]) for m in messages])
+        self.messages = {r["messageId"]: read_message(r["messageId"], r["body"]) for r in records}
+        readable = {i: m for i, m in self.messages.items() if m is not None}
+        self.known, self.batches = self.store.prefetch(
+            [(m["batch_id"], m["line"]) for m in readable.values()]
+        )
         self.results: list[dict] = []
+        self.uncounted_messages: set[str] = set()
         self.later: list[tuple[dict, float]] = []  # (message, delay): requests that wait, sent again
         self._lock = threading.Lock()
         # SQS may put two copies of a message in one batch: the first runs, the others come back later
         # and find its result.
-        first = {}
-        for record, message in zip(records, messages, strict=True):
-            first.setdefault((message["batch_id"], message["line"]), record["messageId"])
-        self.repeats = {r["messageId"] for r in records} - set(first.values())
-        unique = [m for r, m in zip(records, messages, strict=True) if r["messageId"] not in self.repeats]
+        first: dict[tuple[str, int], str] = {}
+        for record_id, message in readable.items():
+            first.setdefault((message["batch_id"], message["line"]), record_id)
+        self.repeats = set(readable) - set(first.values())
+        self.message_of = {key: record_id for key, record_id in first.items()}
+        unique = [m for i, m in readable.items() if i not in self.repeats]
         to_run = [m for m in unique if self._verdict(m) is None]
         # The key is read here, once, not by each of the request threads at a cold start.
         self.xai = _client() if to_run else None
@@ -136,7 +177,9 @@ class _Work:
         return None
 
     def process(self, record) -> None:
-        message = json.loads(record.body)
+        message = self.messages[record.message_id]
+        if message is None:
+            return  # set aside (logged): deleted with the batch's successes
         tenant = (self.batches.get(message["batch_id"]) or {}).get("tenant")
         logger.thread_safe_append_keys(
             batch_id=message["batch_id"], custom_id=message["custom_id"], tenant=tenant
@@ -163,14 +206,27 @@ class _Work:
                     chat_rate().grow()  # held back, the rate used, no 429: the demand is above it
                 self._later(message, wait, "waiting for the rate limiter")
                 return
+        # The lease outlasts this invocation, so no other copy calls xAI while this one may.
+        lease, wait = self.store.lease(
+            message["batch_id"],
+            message["line"],
+            self._time_left() + LEASE_MARGIN_SECONDS,
+            message["expires_at"],
+        )
+        if lease is None:
+            if wait:
+                _return_later(record, wait)  # another copy runs it: come back to find its result
+            return  # another copy recorded its result meanwhile
         body = message.get("body") or self._stored_body(message["body_key"])
         try:
             reply = self.xai.chat(body, timeout=self._time_left())
         except XaiAccountBlocked as exc:
+            self.store.release(message["batch_id"], message["line"], lease)
             account().block(exc.status_code, exc.message)
             self._later(message, account().pause_seconds(), "the xAI account is blocked")
             return
         except XaiRateLimited as exc:
+            self.store.release(message["batch_id"], message["line"], lease)
             held = rate_limited(exc, self.limiter)
             retries = message.get("rate_limited", 0) + 1
             self._later(
@@ -267,8 +323,16 @@ class _Work:
         Every batch touched is checked, even with no new result: a worker that crashed between
         recording and this check left the batch to the next delivery of the same messages.
         """
-        recorded = self.store.record(self.results)
-        for code, count in Counter(r["code"] for r in recorded).items():
+        recount = [
+            {"batch_id": b, "line": n, "ok": known["ok"]}
+            for (b, n), known in self.known.items()
+            if known.get("uncounted")
+        ]
+        left = self.store.record(
+            self.results, recount, count_seconds=min(batches.COUNT_SECONDS, self._time_left())
+        )
+        self.uncounted_messages = {self.message_of[key] for key in left if key in self.message_of}
+        for code, count in Counter(r["code"] for r in self.results).items():
             metric("BatchLines", count, Outcome=code)
         self._send_later()
         for batch_id in self.batches:

@@ -5,10 +5,13 @@ validating -> failed when its file holds nothing to run; cancel moves it to canc
 move is a conditional write on the statuses it may come from, as for jobs.
 
 Exactly one result per request: a request's result item (batch id, line) is written with
-``attribute_not_exists(outcome)`` in the same transaction that counts it on the batch, so a second
-delivery of the same message can neither write a second result nor count one twice. The batch is
-finished when the ingest has enqueued its last line and ``done = enqueued``; the one caller whose
-conditional write moves it to finalizing hands it to the finalizer.
+``attribute_not_exists(outcome)``, in the same transaction that counts it on the batch or, when the
+batch's counter item is contended, alone and marked ``uncounted`` until a count transaction removes
+the mark; so a second delivery of the same message can neither write a second result nor count one
+twice, and no answer waits on the counter. Before its xAI call a request is leased (``lease_until``
+on its item), so two copies of one message never both call. The batch is finished when the ingest
+has read its last line and ``done = lines`` (the ingest's error lines are counted too); the one
+caller whose conditional write moves it to finalizing hands it to the finalizer.
 """
 
 from __future__ import annotations  # the store has a method named list
@@ -44,6 +47,8 @@ MAX_INLINE_RESULT_BYTES = 300_000
 TRANSACTION_RESULTS = 50  # with one counter item per batch, well under DynamoDB's 100 items
 TRANSACTION_BYTES = 3_000_000  # under DynamoDB's 4 MB per transaction
 MAX_TRANSACTION_TRIES = 8
+FAST_TRIES = 3  # transactions that store and count at once, before results are stored alone
+COUNT_SECONDS = 10.0  # how long record() tries to count before leaving it to a later delivery
 
 
 class BatchNotFound(LookupError):
@@ -192,9 +197,9 @@ class BatchStore:
             Key={"id": batch_id},
             UpdateExpression="SET #status = :finalizing, finalizing_at = :now",
             ConditionExpression=(
-                "ingested = :yes AND done = enqueued AND #status IN (:validating, :running, :cancelling)"
+                "ingested = :yes AND done = #lines AND #status IN (:validating, :running, :cancelling)"
             ),
-            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeNames={"#status": "status", "#lines": "lines"},
             ExpressionAttributeValues={
                 ":finalizing": FINALIZING,
                 ":now": _now(),
@@ -345,13 +350,18 @@ class BatchStore:
         return True
 
     def _update_if(self, **request: Any) -> bool:
-        try:
-            self.table.update_item(**request)
-        except ClientError as exc:
-            if conditional_failure(exc):
-                return False
-            raise
-        return True
+        for attempt in range(MAX_TRANSACTION_TRIES):
+            try:
+                self.table.update_item(**request)
+                return True
+            except ClientError as exc:
+                if conditional_failure(exc):
+                    return False
+                # A count transaction holds the batch's item for a moment.
+                if exc.response["Error"]["Code"] != "TransactionConflictException":
+                    raise
+            time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+        raise RuntimeError("the batch's item stayed in transactions")
 
     # ---- results -----------------------------------------------------------------------------
     def prefetch(self, keys: list[tuple[str, int]]) -> tuple[dict[tuple[str, int], dict], dict[str, dict]]:
@@ -378,18 +388,28 @@ class BatchStore:
                     known[(item["batch_id"]["S"], int(item["line"]["N"]))] = {
                         "attempts": int(item.get("attempts", {}).get("N", 0)),
                         "done": "outcome" in item,
+                        "uncounted": "uncounted" in item,
+                        "ok": item.get("ok", {}).get("BOOL", False),
                     }
                 for item in reply["Responses"].get(self.batches_table, []):
                     found[item["id"]["S"]] = plain({k: deserialize(v) for k, v in item.items()})
                 request = reply.get("UnprocessedKeys") or None
         return known, found
 
-    def record(self, results: list[dict]) -> list[dict]:
-        """Store result lines and count them on their batches, atomically, a transaction per chunk.
+    def record(
+        self, results: list[dict], recount: list[dict] = (), count_seconds: float = COUNT_SECONDS
+    ) -> set[tuple[str, int]]:
+        """Store result lines and count them on their batches; returns the (batch id, line) of those
+        stored but not yet counted, for a later delivery of their messages to count.
 
         ``results``: {"batch_id", "line", "custom_id", "ok", "outcome", "expires_at"}. A request that has
-        its result already (a repeated delivery) is left as it is and not counted again. Returns the
-        results that were new.
+        its result already (a repeated delivery) is left as it is and not counted again. ``recount``:
+        {"batch_id", "line", "ok"} of results stored earlier and left uncounted.
+
+        An answer is never lost to the counter: each chunk is first stored and counted in one
+        transaction; when the batch's counter item stays contended, the results are stored alone
+        (marked ``uncounted``, no counter touched) and counted after, each exactly once (the count
+        transaction removes the mark, on the condition that it is there).
         """
         # A transaction may not name an item twice: of two results for one request, the first stands.
         unique, seen = [], set()
@@ -397,80 +417,222 @@ class BatchStore:
             if (r["batch_id"], r["line"]) not in seen:
                 seen.add((r["batch_id"], r["line"]))
                 unique.append(r)
-        recorded: list[dict] = []
+        to_count = {(r["batch_id"], r["line"]): r for r in recount}
         for chunk in _transaction_chunks(unique):
-            for attempt in range(MAX_TRANSACTION_TRIES):
-                if not chunk:
-                    break
-                if attempt:
-                    # Another transaction held the batch's counter item: wait a moment, jittered.
-                    logger.info("result transaction retried", extra={"attempt": attempt + 1})
-                    time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
-                try:
-                    aws.client("dynamodb").transact_write_items(TransactItems=self._record_items(chunk))
-                except ClientError as exc:
-                    if exc.response["Error"]["Code"] != "TransactionCanceledException":
-                        raise
-                    reasons = exc.response.get("CancellationReasons") or []
-                    # The result items come first in the transaction: drop those recorded already.
-                    chunk = [
-                        r
-                        for r, reason in zip(chunk, reasons, strict=False)
-                        if reason.get("Code") != "ConditionalCheckFailed"
-                    ]
-                    continue
-                recorded += chunk
-                break
-            else:
-                raise RuntimeError("results could not be recorded: DynamoDB kept cancelling the transaction")
-        return recorded
+            # A request recorded already may have been left uncounted (a crash between the two
+            # steps): counting it again is harmless, it is counted at most once.
+            contended, existing = self._store_and_count(chunk)
+            for r in contended:
+                self._store_uncounted(r)
+            for r in contended + existing:
+                to_count.setdefault((r["batch_id"], r["line"]), r)
+        return self._count(list(to_count.values()), count_seconds)
 
-    def _record_items(self, chunk: list[dict]) -> list[dict]:
-        items = []
+    def _store_and_count(self, chunk: list[dict]) -> tuple[list[dict], list[dict]]:
+        """One transaction: the results (conditional on none stored) and their counts. Returns the
+        results it could not record because the counter item stayed contended, and those that had a
+        result already."""
+        existing: list[dict] = []
+        for attempt in range(FAST_TRIES):
+            if not chunk:
+                return [], existing
+            if attempt:
+                time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+            reasons = self._transact([self._result_update(r) for r in chunk] + self._counter_updates(chunk))
+            if reasons is None:
+                return [], existing
+            # Results already recorded (a repeated delivery) drop out; the rest go again.
+            recorded = [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons[: len(chunk)]]
+            existing += [r for r, done in zip(chunk, recorded, strict=False) if done]
+            chunk = [r for r, done in zip(chunk, recorded + [False] * len(chunk), strict=False) if not done]
+        return chunk, existing
+
+    def _store_uncounted(self, r: dict) -> None:
+        """Store one result without counting it (no transaction, no counter item), unless the request
+        has a result already."""
+        update = self._result_update(r)["Update"]
+        update["UpdateExpression"] += ", uncounted = :yes"
+        update["ExpressionAttributeValues"][":yes"] = {"BOOL": True}
+        for attempt in range(MAX_TRANSACTION_TRIES):
+            try:
+                aws.client("dynamodb").update_item(**update)
+                return
+            except ClientError as exc:
+                if conditional_failure(exc):
+                    return  # recorded already
+                # Only a transaction recording this very request holds its item; wait for it.
+                if exc.response["Error"]["Code"] != "TransactionConflictException":
+                    raise
+            time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+        raise RuntimeError("a result could not be stored: its item stayed in a transaction")
+
+    def _count(self, entries: list[dict], seconds: float) -> set[tuple[str, int]]:
+        """Count stored, uncounted results, each once; returns those still uncounted after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        left: set[tuple[str, int]] = set()
+        for chunk in _transaction_chunks([{**e, "outcome": ""} for e in entries]):
+            attempt = 0
+            while chunk:
+                items = [
+                    {
+                        "Update": {
+                            "TableName": self.items_table,
+                            "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
+                            "UpdateExpression": "REMOVE uncounted",
+                            # ok as counted here: a result that is not this one is counted by its own
+                            "ConditionExpression": "attribute_exists(uncounted) AND ok = :ok",
+                            "ExpressionAttributeValues": {":ok": {"BOOL": r["ok"]}},
+                        }
+                    }
+                    for r in chunk
+                ]
+                reasons = self._transact(items + self._counter_updates(chunk))
+                if reasons is None:
+                    break
+                chunk = [
+                    r
+                    for r, reason in zip(chunk, reasons, strict=False)
+                    if reason.get("Code") != "ConditionalCheckFailed"  # counted already
+                ]
+                attempt += 1
+                pause = random.uniform(0.01, min(1.0, 0.05 * 2**attempt))
+                if chunk and time.monotonic() + pause > deadline:
+                    left |= {(r["batch_id"], r["line"]) for r in chunk}
+                    break
+                time.sleep(pause)
+        return left
+
+    def _transact(self, items: list[dict]) -> list[dict] | None:
+        """Run a transaction: None when it went through; when cancelled, the reasons, one per item."""
+        try:
+            aws.client("dynamodb").transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            return exc.response.get("CancellationReasons") or [{}] * len(items)
+        return None
+
+    def _result_update(self, r: dict) -> dict:
+        return {
+            "Update": {
+                "TableName": self.items_table,
+                "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
+                "UpdateExpression": "SET outcome = :outcome, ok = :ok, custom_id = :cid, expires_at = :exp",
+                "ConditionExpression": "attribute_not_exists(outcome)",
+                "ExpressionAttributeValues": {
+                    ":outcome": {"S": r["outcome"]},
+                    ":ok": {"BOOL": r["ok"]},
+                    ":cid": {"S": r["custom_id"]},
+                    ":exp": {"N": str(r["expires_at"])},
+                },
+            }
+        }
+
+    def _counter_updates(self, chunk: list[dict]) -> list[dict]:
         counts: dict[str, list[int]] = {}
         for r in chunk:
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.items_table,
-                        "Key": {"batch_id": {"S": r["batch_id"]}, "line": {"N": str(r["line"])}},
-                        "UpdateExpression": (
-                            "SET outcome = :outcome, ok = :ok, custom_id = :cid, expires_at = :exp"
-                        ),
-                        "ConditionExpression": "attribute_not_exists(outcome)",
-                        "ExpressionAttributeValues": {
-                            ":outcome": {"S": r["outcome"]},
-                            ":ok": {"BOOL": r["ok"]},
-                            ":cid": {"S": r["custom_id"]},
-                            ":exp": {"N": str(r["expires_at"])},
-                        },
-                    }
-                }
-            )
             done_failed = counts.setdefault(r["batch_id"], [0, 0])
             done_failed[0] += 1
             done_failed[1] += 0 if r["ok"] else 1
-        for batch_id, (done, failed) in counts.items():
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.batches_table,
-                        "Key": {"id": {"S": batch_id}},
-                        "UpdateExpression": "ADD done :done, failed :failed",
-                        "ExpressionAttributeValues": {
-                            ":done": {"N": str(done)},
-                            ":failed": {"N": str(failed)},
-                        },
-                    }
+        return [
+            {
+                "Update": {
+                    "TableName": self.batches_table,
+                    "Key": {"id": {"S": batch_id}},
+                    "UpdateExpression": "ADD done :done, failed :failed",
+                    "ExpressionAttributeValues": {":done": {"N": str(done)}, ":failed": {"N": str(failed)}},
                 }
+            }
+            for batch_id, (done, failed) in counts.items()
+        ]
+
+    def claim_custom_ids(self, batch_id: str, lines: list[tuple[str, int, int]], expires_at: int) -> dict:
+        """Claim custom_ids of the batch for their lines: (custom_id, line, file line number) each, the
+        custom_ids distinct. Returns {custom_id: file line number of the earlier line that has it} for
+        those claimed already by another line.
+
+        One small item per custom_id, so the ingest keeps none in memory. A consistent read, then
+        plain writes: safe because every run of the ingest reads the file in order from a checkpoint,
+        so a custom_id is claimed for its first line (by this run or an earlier one) before any later
+        line that repeats it is read.
+        """
+        from boto3.dynamodb.types import TypeSerializer
+
+        def key(custom_id: str) -> dict:
+            return {"batch_id": f"{batch_id}#custom_id#{custom_id}", "line": 0}
+
+        serialize = TypeSerializer().serialize
+        found: dict[str, tuple[int, int]] = {}
+        client = aws.client("dynamodb")
+        for start in range(0, len(lines), 100):
+            keys = [{k: serialize(v) for k, v in key(c).items()} for c, _, _ in lines[start : start + 100]]
+            request: dict | None = {self.items_table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                reply = client.batch_get_item(RequestItems=request)
+                for item in reply["Responses"].get(self.items_table, []):
+                    custom_id = item["batch_id"]["S"].split("#custom_id#", 1)[1]
+                    found[custom_id] = (int(item["first_line"]["N"]), int(item["first_number"]["N"]))
+                request = reply.get("UnprocessedKeys") or None
+        with self.items.batch_writer() as writer:
+            for custom_id, line, number in lines:
+                if custom_id not in found:
+                    writer.put_item(
+                        Item={
+                            **key(custom_id),
+                            "first_line": line,
+                            "first_number": number,
+                            "expires_at": expires_at,
+                        }
+                    )
+        mine = {custom_id: line for custom_id, line, _ in lines}
+        return {c: number for c, (line, number) in found.items() if line != mine[c]}
+
+    # ---- leases: one running copy of a request at a time ---------------------------------------
+    def lease(self, batch_id: str, line: int, seconds: float, expires_at: int) -> tuple[int | None, float]:
+        """Take the request (batch id, line) for ``seconds`` before calling xAI for it. Returns (the
+        lease's token, 0) when taken; (None, 0) when the request has its result; (None, seconds until
+        the holder's lease ends) when another copy holds it. A lease ends by itself, so a crashed
+        worker's request is taken again by the next delivery."""
+        now = int(time.time() * 1000)
+        until = now + max(1000, int(seconds * 1000))
+        try:
+            self.items.update_item(
+                Key={"batch_id": batch_id, "line": line},
+                UpdateExpression="SET lease_until = :until, expires_at = if_not_exists(expires_at, :exp)",
+                ConditionExpression=(
+                    "attribute_not_exists(outcome)"
+                    " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+                ),
+                ExpressionAttributeValues={":until": until, ":now": now, ":exp": expires_at},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        return items
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
+            held = exc.response.get("Item") or {}
+            if "outcome" in held:
+                return None, 0
+            return None, max(1.0, (int(held.get("lease_until", {}).get("N", now)) - now) / 1000)
+        return until, 0
+
+    def release(self, batch_id: str, line: int, token: int) -> None:
+        """Give a lease back (the request goes back to the queue without a result)."""
+        try:
+            self.items.update_item(
+                Key={"batch_id": batch_id, "line": line},
+                UpdateExpression="REMOVE lease_until",
+                ConditionExpression="lease_until = :token",
+                ExpressionAttributeValues={":token": token},
+            )
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
 
     def count_attempt(self, batch_id: str, line: int, expires_at: int) -> int:
         """Count one more failed xAI attempt of a request; returns the attempts so far."""
         reply = self.items.update_item(
             Key={"batch_id": batch_id, "line": line},
-            UpdateExpression="ADD attempts :one SET expires_at = :exp",
+            UpdateExpression="ADD attempts :one SET expires_at = :exp REMOVE lease_until",
             ExpressionAttributeValues={":one": 1, ":exp": expires_at},
             ReturnValues="UPDATED_NEW",
         )

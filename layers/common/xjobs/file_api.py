@@ -43,6 +43,7 @@ def file_store() -> FileStore:
         settings.files_table,
         settings.data_bucket,
         batches.BatchStore(settings.batches_table, settings.batch_items_table),
+        settings.file_retention_days,
     )
 
 

@@ -17,7 +17,6 @@ from . import aws, batches
 from .jobs import plain
 
 BATCH_FILE = re.compile(r"^file_([0-9A-Z]{26})_(output|errors)$")
-RETENTION_SECONDS = 30 * 86400  # OpenAI keeps batch files 30 days by default
 
 
 class FileNotFound(LookupError):
@@ -48,13 +47,17 @@ def file_view(item: dict) -> dict:
 
 
 class FileStore:
-    def __init__(self, files_table: str, bucket: str, batch_store: batches.BatchStore):
+    def __init__(
+        self, files_table: str, bucket: str, batch_store: batches.BatchStore, retention_days: int = 7
+    ):
         self.table = aws.table(files_table)
         self.bucket = bucket
         self.batches = batch_store
+        self.retention_seconds = retention_days * 86400
 
     def create(self, item: dict) -> dict:
-        item.setdefault("expires_at", item["created_at"] + RETENTION_SECONDS)
+        # The bucket's lifecycle deletes the object after the same time; TTL deletes the record (lazily).
+        item.setdefault("expires_at", item["created_at"] + self.retention_seconds)
         self.table.put_item(Item={k: v for k, v in item.items() if v is not None})
         return item
 
@@ -64,7 +67,7 @@ class FileStore:
         if found:
             return self._batch_file(file_id, f"batch_{found.group(1)}", found.group(2), tenant)
         item = self.table.get_item(Key={"id": file_id}, ConsistentRead=True).get("Item")
-        if not item or item["tenant"] != tenant:
+        if not item or item["tenant"] != tenant or item.get("expires_at", now() + 1) <= now():
             raise FileNotFound(file_id)
         item = plain(item)
         if item.get("bytes") is None:  # a presigned upload: its size once the object is there
@@ -115,7 +118,11 @@ class FileStore:
             page = self.table.query(
                 IndexName="by-tenant", KeyConditionExpression=condition, ScanIndexForward=ascending, **start
             )
-            found += [plain(i) for i in page["Items"] if not purpose or i["purpose"] == purpose]
+            found += [
+                plain(i)
+                for i in page["Items"]
+                if (not purpose or i["purpose"] == purpose) and i.get("expires_at", now() + 1) > now()
+            ]
             if "LastEvaluatedKey" not in page:
                 break
             start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}

@@ -34,6 +34,10 @@ class JobConflict(RuntimeError):
     pass
 
 
+class NewsLimited(RuntimeError):
+    """The job has had as much upstream news as it may have for now."""
+
+
 def _allowed_sources(status: str) -> tuple[str, ...]:
     """The statuses a job may move to ``status`` from: forward only, never out of a terminal one."""
     if status == PROCESSING:
@@ -194,17 +198,39 @@ class JobStore:
         )
         return stored is not None
 
-    def note_news(self, job_id: str) -> dict | None:
-        """Record that the upstream says the job changed; the job as it now is, or None if it has ended."""
-        reply = self._update_if(
-            Key={"id": job_id},
-            UpdateExpression="SET news_at = :now",
-            ConditionExpression="#status IN (:pending, :proc)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":now": now_ms(), ":pending": PENDING, ":proc": PROCESSING},
-            ReturnValues="ALL_NEW",
-        )
-        return plain(reply["Attributes"]) if reply else None
+    def note_news(self, job_id: str, *, min_interval_ms: int, most: int) -> dict | None:
+        """Record that the upstream says the job changed: the job as it now is; None if it has ended.
+        Raises NewsLimited if news came less than `min_interval_ms` ago or `most` times already."""
+        now = now_ms()
+        try:
+            reply = self.table.update_item(
+                Key={"id": job_id},
+                UpdateExpression="SET news_at = :now ADD callbacks :one",
+                ConditionExpression=(
+                    "#status IN (:pending, :proc)"
+                    " AND (attribute_not_exists(news_at) OR news_at < :recent)"
+                    " AND (attribute_not_exists(callbacks) OR callbacks < :most)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":now": now,
+                    ":one": 1,
+                    ":recent": now - min_interval_ms,
+                    ":most": most,
+                    ":pending": PENDING,
+                    ":proc": PROCESSING,
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
+            old = exc.response.get("Item") or {}
+            if old.get("status", {}).get("S") in ACTIVE:
+                raise NewsLimited(job_id) from None
+            return None
+        return plain(reply["Attributes"])
 
     def cancel(self, job_id: str, tenant: str) -> dict:
         """Cancel an active job of the tenant; raises JobNotFound or JobConflict."""

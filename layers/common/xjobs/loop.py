@@ -35,6 +35,7 @@ from .xai import (
 MAX_POLLS = 600
 MAX_FAULTS = 250  # statemachine/deferred_job.asl.json, "Fault budget?"
 WAIT_GROWTH = 1.5
+CALLBACK_GRACE_SECONDS = 3600  # a callback URL works until an hour past the job's deadline
 MAX_GROWTH_STEPS = 64  # WAIT_GROWTH ** n overflows a float past n = 1,750: the cap is reached long before
 WEBHOOK_FLAG = "webhook_delivered_at"
 # Set before a submit is sent: a later Poll that finds it without a request id knows a submit may
@@ -223,7 +224,10 @@ def _submit(store: jobs.JobStore, job: dict, client, settings, result) -> dict:
         return result(False, wait)
     if settings.callback_base_url:
         body["callback_url"] = callback_url(
-            settings.callback_base_url, job["id"], secret(settings.webhook_signing_secret)
+            settings.callback_base_url,
+            job["id"],
+            secret(settings.callback_signing_secret),
+            expires=int(job["deadline"]) + CALLBACK_GRACE_SECONDS,
         )
     if not store.claim(job["id"], SUBMIT_FLAG):
         return _submit_sent_before(store, job, result)

@@ -132,17 +132,29 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
     return age <= tolerance_seconds and hmac.compare_digest(expected, signature.encode())
 
 
-def callback_token(secret: str, job_id: str) -> str:
-    """The token in a job's upstream callback URL: only whoever was given the URL can wake the job."""
-    return hmac.new(secret.encode(), b"callback." + job_id.encode(), hashlib.sha256).hexdigest()
+def callback_token(secret: str, job_id: str, expires: int) -> str:
+    """The token in a job's upstream callback URL: whoever was given the URL can wake that job, and
+    only until `expires` (epoch seconds). Keyed with the callback secret, never the webhook one."""
+    mac = hmac.new(secret.encode(), f"callback.{job_id}.{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"v1.{expires}.{mac}"
 
 
-def callback_url(base_url: str, job_id: str, secret: str) -> str:
-    return f"{base_url.rstrip('/')}/v1/callbacks/xai/{job_id}?token={callback_token(secret, job_id)}"
+def callback_url(base_url: str, job_id: str, secret: str, expires: int) -> str:
+    token = callback_token(secret, job_id, expires)
+    return f"{base_url.rstrip('/')}/v1/callbacks/xai/{job_id}?token={token}"
 
 
 def check_callback_token(secret: str, job_id: str, token: str) -> bool:
-    return hmac.compare_digest(callback_token(secret, job_id).encode(), token.encode())
+    """True for a token made for this job that has not expired."""
+    try:
+        version, expires, _ = token.split(".")
+        expires_at = int(expires)
+    except ValueError:
+        return False
+    if version != "v1" or expires_at < time.time():
+        return False
+    expected = callback_token(secret, job_id, expires_at).encode()
+    return hmac.compare_digest(expected, token.encode("utf-8", "replace"))
 
 
 # Names that only mean something inside a network (RFC 6761, RFC 6762, RFC 8375, cloud metadata).

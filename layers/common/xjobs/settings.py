@@ -36,12 +36,14 @@ class Settings(BaseModel):
     batch_finalize_function: str = Field(alias="BATCH_FINALIZE_FUNCTION", default="")
     batch_completion_window_seconds: int = Field(alias="BATCH_COMPLETION_WINDOW_SECONDS", default=86400, ge=1)
     batch_max_attempts: int = Field(alias="BATCH_MAX_ATTEMPTS", default=3, ge=1)
+    batch_max_lines: int = Field(alias="BATCH_MAX_LINES", default=50_000, ge=1)
     batch_ingest_function: str = Field(alias="BATCH_INGEST_FUNCTION", default="")
     stalled_after_seconds: int = Field(alias="STALLED_AFTER_SECONDS", default=1200, ge=1)
     stalled_max_restarts: int = Field(alias="STALLED_MAX_RESTARTS", default=3, ge=0)
     tenants_table: str = Field(alias="TENANTS_TABLE", default="")
     files_table: str = Field(alias="FILES_TABLE", default="")
     max_upload_bytes: int = Field(alias="MAX_UPLOAD_BYTES", default=200 * 1024 * 1024, ge=1)
+    file_retention_days: int = Field(alias="FILE_RETENTION_DAYS", default=7, ge=1)
 
 
 class ConfigurationError(RuntimeError):

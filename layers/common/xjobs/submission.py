@@ -69,6 +69,11 @@ def submit_job(tenant: str, kind: str, request, idempotency_key: str | None, lam
         raise RequestInProgress(idempotency_key) from None
 
 
+def execution_input(job_id: str) -> str:
+    """The input of a job's state machine execution: a new loop, with its poll and fault budgets unspent."""
+    return json.dumps({"job_id": job_id, "polls": 0, "faults": 0})
+
+
 def _create_job(*, submission: dict) -> dict:
     settings = get_settings()
     store = jobs.JobStore(settings.jobs_table)
@@ -94,7 +99,7 @@ def _create_job(*, submission: dict) -> dict:
         aws.client("stepfunctions").start_execution(
             stateMachineArn=settings.state_machine_arn,
             name=job["id"],
-            input=json.dumps({"job_id": job["id"], "polls": 0, "faults": 0}),
+            input=execution_input(job["id"]),
         )
     except Exception:
         store.delete(job["id"])  # a job without an execution would never move: take it back

@@ -22,6 +22,7 @@ from . import aws, batches, jobs
 from .batch_ingest import INCOMING_PREFIX, open_batch, s3_key
 from .observability import logger, metric
 from .settings import get_settings
+from .submission import execution_input
 
 ENDED_EXECUTIONS = ("FAILED", "TIMED_OUT", "ABORTED")
 EXECUTION_LOOKBACK_SECONDS = 2 * 86400  # longer than the longest job deadline the API accepts
@@ -97,7 +98,7 @@ def _recover_batch(batch: dict, why: str) -> dict:
         stage = "finalizer"  # ended but not announced: the finalizer announces it
     elif not batch["ingested"]:
         stage = "ingest"
-    elif batch["done"] >= batch["enqueued"]:
+    elif batch["done"] >= batch["lines"]:
         # Every request is accounted for but nobody moved the batch on (a crash between the two).
         if store.claim_finalize(batch["id"]):
             _start("finalizer", batch["id"], settings)
@@ -177,9 +178,7 @@ def _recover_job(store: jobs.JobStore, sfn, execution: str, status: str, setting
     new = f"{job_id}-r{restarts + 1}"
     if not store.note_restart(job_id, execution, new):
         return None
-    sfn.start_execution(
-        stateMachineArn=settings.state_machine_arn, name=new, input=json.dumps({"job_id": job_id, "polls": 0})
-    )
+    sfn.start_execution(stateMachineArn=settings.state_machine_arn, name=new, input=execution_input(job_id))
     log = logger.error if action == "failed" else logger.warning
     log(f"stalled job {action}", extra={"job_id": job_id, "tenant": job["tenant"], "why": why})
     metric("StalledWork", Kind="job", Action=action)

@@ -5,9 +5,15 @@ once, when it is created: the table keeps only its SHA-256 (a key is 256 random 
 is as strong as a slow one) and its first characters, to tell keys apart in listings. Revoking a key
 or adding one never changes the tenant, so rotating keys keeps all its work.
 
+The authorizer imports this module on every cold start: boto3's and the job store's modules are
+imported where they are used, not here.
+
 Items (one table, key `id`; index `by-tenant` on `tenant`, `id`):
     tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value}
     key#<sha256 hex>    {tenant, kind: "key", prefix, name, created, usage_key_value, revoked_at?}
+
+Settings that belong to a tenant (a webhook signing secret, say) go on its `tenant#` item, read by
+`get_tenant`; the API function knows the tenant from `requestContext.authorizer.tenant`.
 
 `usage_key_*` name the tenant's API Gateway API key: never handed to callers, it is what the
 authorizer returns as `usageIdentifierKey` so API Gateway meters the tenant against its usage plan.
@@ -18,12 +24,8 @@ import re
 import secrets
 import time
 
-from boto3.dynamodb.conditions import Key
-from botocore.exceptions import ClientError
-
 from . import aws
 from .ids import new_id
-from .jobs import conditional_failure, plain
 
 KEY_SCHEME = "xj-"
 PREFIX_CHARS = 12  # "xj-" and 9 random characters: enough to tell a tenant's keys apart
@@ -52,6 +54,10 @@ class TenantStore:
         tenant_id = tenant_id or new_id("tenant")
         if not TENANT_ID.match(tenant_id):
             raise TenantError("a tenant id is 1-64 letters, digits, '-' or '_'")
+        from botocore.exceptions import ClientError
+
+        from .jobs import conditional_failure
+
         item = {
             "id": f"tenant#{tenant_id}",
             "tenant": tenant_id,
@@ -70,6 +76,8 @@ class TenantStore:
         return item
 
     def find_tenant(self, tenant_id: str) -> dict | None:
+        from .jobs import plain
+
         item = self.table.get_item(Key={"id": f"tenant#{tenant_id}"}, ConsistentRead=True).get("Item")
         return plain(item) if item else None
 
@@ -80,6 +88,8 @@ class TenantStore:
         return tenant
 
     def list_tenants(self) -> list[dict]:
+        from .jobs import plain
+
         items, start = [], {}
         while True:
             page = self.table.scan(**start)
@@ -105,6 +115,10 @@ class TenantStore:
         return key, item
 
     def list_keys(self, tenant_id: str) -> list[dict]:
+        from boto3.dynamodb.conditions import Key
+
+        from .jobs import plain
+
         items, start = [], {}
         while True:
             page = self.table.query(
@@ -141,4 +155,4 @@ class TenantStore:
         item = self.table.get_item(Key={"id": f"key#{hash_key(key)}"}).get("Item")
         if not item or item.get("kind") != "key" or "revoked_at" in item:
             return None
-        return plain(item)
+        return {"tenant": item["tenant"], "usage_key_value": item["usage_key_value"]}

@@ -60,7 +60,7 @@ def batch_view(batch: dict, *, links: bool = True) -> dict:
         counts = {
             "total": batch["lines"],
             "completed": batch["done"] - batch["failed"],
-            "failed": batch["failed"] + batch["ingest_errors"],
+            "failed": batch["failed"],  # the ingest's error lines are counted here too
         }
     ended = batch["status"] in batches.TERMINAL and "output_key" in batch
     view = {
