@@ -319,8 +319,8 @@ def test_limits_stated_in_headers_become_every_workers_rate(sim, store, start_ba
 
     rate = shared_rate(batch_settings)
     assert (rate["rpm"], rate["tpm"], rate["stated"]) == (600, 90_000, 600)
-    rate_limiter = upstream.chat_limiter()
-    assert (rate_limiter.capacity, rate_limiter.token_capacity) == (10, 1500)
+    rate_limiter = upstream.chat_limiter()  # a quarter second's share of 10 a second, 1,500 tokens a second
+    assert (rate_limiter.per_second, rate_limiter.token_capacity) == (10, 375)
 
 
 def test_a_request_the_shared_limiter_holds_back_waits_as_a_new_message_and_the_rate_climbs(
