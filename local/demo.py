@@ -104,10 +104,11 @@ def run(stack: LocalStack) -> int:
         else:
             print(f"  reply: {job['result']['choices'][0]['message']['content']!r}")
 
-    ok = run_batch(api) and ok
+    batch_id, batch_ok = run_batch(api)
+    ok = ok and batch_ok
 
-    print("\nSNS messages received (local inbox queue subscribed to the topic):")
-    for message in read_inbox(stack, expected=len(jobs) + 1):
+    print("\nSNS messages about this demo's work (local inbox queue subscribed to the topic):")
+    for message in read_inbox(stack, about={*jobs, batch_id}):
         attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
         body = json.loads(message["Body"])
         subject = f"job={body['job']['id']}" if "job" in body else f"batch={body['batch']['id']}"
@@ -115,8 +116,8 @@ def run(stack: LocalStack) -> int:
     return 0 if ok else 1
 
 
-def run_batch(api: httpx.Client) -> bool:
-    """A chat batch of BATCH_LINES requests: upload the JSONL through a presigned URL, run it, show it."""
+def run_batch(api: httpx.Client) -> tuple[str, bool]:
+    """A chat batch of BATCH_LINES requests: upload the JSONL, run it, show it; its id and whether it completed."""
     print(f"\nChat batch: {BATCH_LINES} requests under a 1,200 requests/minute limit")
     lines = [
         {
@@ -157,27 +158,30 @@ def run_batch(api: httpx.Client) -> bool:
         f"batch {batch['id']}: {batch['status']}, {counts['completed']} completed, {counts['failed']} failed"
     )
     if batch["status"] != "completed":
-        return False
+        return batch["id"], False
     output = httpx.get(batch["output_file_url"], timeout=60).text.splitlines()
     print(f"output.jsonl ({len(output)} lines), the first three:")
     for line in output[:3]:
         result = json.loads(line)
         reply = result["response"]["body"]["choices"][0]["message"]["content"]
         print(f"  {result['custom_id']}: {reply!r}")
-    return counts["completed"] == BATCH_LINES
+    return batch["id"], counts["completed"] == BATCH_LINES
 
 
-def read_inbox(stack: LocalStack, expected: int, wait_seconds: float = 10) -> list[dict]:
+def read_inbox(stack: LocalStack, about: set[str], wait_seconds: float = 10) -> list[dict]:
+    """The inbox's notices about the given job and batch ids; notices about other work stay unread."""
     sqs = stack.client("sqs")
     messages: list[dict] = []
     deadline = time.time() + wait_seconds
-    while len(messages) < expected and time.time() < deadline:
+    while len(messages) < len(about) and time.time() < deadline:
         reply = sqs.receive_message(
             QueueUrl=stack.inbox_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
         )
         for message in reply.get("Messages", []):
-            messages.append(message)
-            sqs.delete_message(QueueUrl=stack.inbox_url, ReceiptHandle=message["ReceiptHandle"])
+            body = json.loads(message["Body"])
+            if (body.get("job") or body.get("batch") or {}).get("id") in about:
+                messages.append(message)
+                sqs.delete_message(QueueUrl=stack.inbox_url, ReceiptHandle=message["ReceiptHandle"])
     return messages
 
 

@@ -3,15 +3,19 @@ keys stored hashed, the admin command line, per-tenant limits, and every tenant 
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from .helpers import wait_for_status
+
+REPO = Path(__file__).resolve().parents[2]
 
 VIDEO = {"prompt": "a lighthouse in a storm"}
 AUTH_CACHE_SECONDS = 1  # the e2e stack's AuthCacheSeconds
@@ -70,15 +74,22 @@ def test_another_tenants_job_is_a_404(stack, api):
     assert stranger.get(f"/v1/chat/deferred-completion/{job_id}").status_code == 404
 
 
-def _admin(stack, tmp_path, *args: str) -> dict | list:
+def _run_admin(stack, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """The admin command as the README runs it from a checkout."""
     state = tmp_path / "state.json"
     state.write_text(json.dumps(stack.info()))
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "xjobs.admin", "--state-file", str(state), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": "layers/common"},
     )
+
+
+def _admin(stack, tmp_path, *args: str) -> dict | list:
+    done = _run_admin(stack, tmp_path, *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -89,7 +100,7 @@ def test_the_admin_command_creates_lists_and_revokes(stack, tmp_path):
     assert _client(stack, key).get("/v1/jobs").status_code == 200
     second = _admin(stack, tmp_path, "keys", "create", tenant)["api_key"]
     listed = _admin(stack, tmp_path, "keys", "list", tenant)
-    assert [k["prefix"] for k in listed] == [key[:12], second[:12]]
+    assert sorted(k["prefix"] for k in listed) == sorted([key[:12], second[:12]])
     assert key not in json.dumps(listed) and second not in json.dumps(listed)
     assert tenant in [t["tenant"] for t in _admin(stack, tmp_path, "tenants", "list")]
     _admin(stack, tmp_path, "keys", "revoke", tenant, second[:12])
@@ -100,24 +111,7 @@ def test_the_admin_command_creates_lists_and_revokes(stack, tmp_path):
 
 def test_an_unknown_prefix_is_an_error_naming_it(stack, tmp_path):
     tenant, _ = stack.create_tenant(name="no-such-key")
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps(stack.info()))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xjobs.admin",
-            "--state-file",
-            str(state),
-            "keys",
-            "revoke",
-            tenant,
-            "xj-nothere",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_admin(stack, tmp_path, "keys", "revoke", tenant, "xj-nothere")
     assert done.returncode == 2
     assert "no key starting 'xj-nothere'" in done.stderr
 
