@@ -70,7 +70,7 @@ def handle(event: dict, context) -> dict:
 
 def handle_dead_letters(event: dict, context) -> dict:
     """Messages that used up their receives: each request becomes an error line, so the batch ends."""
-    work = _Work(event.get("Records", []), context)
+    work = _Work(event.get("Records", []), context, runs=False)
     for record in event.get("Records", []):
         message = work.messages[record["messageId"]]
         if message is not None and not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
@@ -127,7 +127,9 @@ class _Work:
     """The messages of one invocation: read together, admitted together when the limiter allows,
     recorded together in one transaction."""
 
-    def __init__(self, records: list, context):
+    def __init__(self, records: list, context, runs: bool = True):
+        """``runs``: whether its requests go to xAI (the dead-letter handler only records error lines,
+        and its role may read neither the xAI key nor the limits)."""
         settings = get_settings()
         self.context = context
         self.settings = settings
@@ -149,7 +151,7 @@ class _Work:
         self.repeats = set(readable) - set(first.values())
         self.message_of = {key: record_id for key, record_id in first.items()}
         unique = [m for i, m in readable.items() if i not in self.repeats]
-        to_run = [m for m in unique if self._verdict(m) is None]
+        to_run = [m for m in unique if self._verdict(m) is None] if runs else []
         # The key is read here, once, not by each of the request threads at a cold start.
         self.xai = _client() if to_run else None
         # While the account is blocked, one request may probe it (see _may_go); the others wait.
