@@ -161,7 +161,15 @@ def test_a_retried_rotation_rotates_once_and_no_grace_ends_the_old_secret_at_onc
 
 
 @pytest.mark.parametrize(
-    "body", ['{"grace_seconds": -1}', '{"grace_seconds": 9999999}', '{"grace": 5}', "[1]", "{"]
+    "body",
+    [
+        '{"grace_seconds": -1}',
+        '{"grace_seconds": 9999999}',
+        '{"grace_seconds": true}',
+        '{"grace": 5}',
+        "[1]",
+        "{",
+    ],
 )
 def test_a_bad_rotation_is_a_400_and_rotates_nothing(api, body):
     before = api.get("/v1/webhook_secret").json()

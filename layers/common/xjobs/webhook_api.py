@@ -17,7 +17,7 @@ MAX_GRACE_SECONDS = 7 * 86400
 class Rotation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # How long the replaced secret keeps signing; 0 ends it at once (a leaked secret).
-    grace_seconds: int | None = Field(default=None, ge=0, le=MAX_GRACE_SECONDS)
+    grace_seconds: int | None = Field(default=None, ge=0, le=MAX_GRACE_SECONDS, strict=True)
 
 
 def _store() -> TenantStore:
