@@ -63,7 +63,15 @@ def test_the_layer_pins_every_package_it_ships_at_the_locked_version():
 
 def test_data_survives_the_stack_and_travels_encrypted():
     resources = deploy_check.translated(TEMPLATE)["Resources"]
-    for name in ("JobsTable", "BatchesTable", "BatchItemsTable", "XaiApiKeySecret"):
+    # Tenants hold their API keys' hashes and webhook secrets: a new stack must not lose them.
+    for name in (
+        "JobsTable",
+        "BatchesTable",
+        "BatchItemsTable",
+        "TenantsTable",
+        "FilesTable",
+        "XaiApiKeySecret",
+    ):
         assert resources[name]["DeletionPolicy"] == "Retain", name
         assert resources[name]["UpdateReplacePolicy"] == "Retain", name
     # A SecretString literal would be put back over the operator's key by any update of the secret.

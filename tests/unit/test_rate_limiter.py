@@ -84,9 +84,12 @@ def burst(limits_table: str, scope: str, per_second: float, callers: int) -> lis
 
 def test_twenty_concurrent_callers_in_one_window_get_exactly_five_grants(limits_table, unique):
     # Given a scope allowing 5 per second, when 20 callers ask at once within one window
-    scope = unique("burst")
-    results = burst(limits_table, scope, 5, callers=20)
-    windows = {math.floor(t) for started, ended, _ in results for t in (started, ended)}
+    for _ in range(3):  # a loaded machine may spread the burst over a window edge: try again
+        scope = unique("burst")
+        results = burst(limits_table, scope, 5, callers=20)
+        windows = {math.floor(t) for started, ended, _ in results for t in (started, ended)}
+        if len(windows) == 1:
+            break
     assert len(windows) == 1, "precondition: the burst must fit in one window (the host was too slow)"
     (window,) = windows
 
