@@ -161,7 +161,9 @@ def _delete_plan(dep: Deployment, plan: dict) -> None:
 
 
 def _public(item: dict) -> dict:
-    return {k: v for k, v in item.items() if k not in ("id", "kind", "usage_key_value")}
+    # The tenant's webhook secrets are its own, read through the API: never printed here.
+    hidden = ("id", "kind", "usage_key_value")
+    return {k: v for k, v in item.items() if k not in hidden and not k.startswith("webhook_secret")}
 
 
 def _parser() -> argparse.ArgumentParser:
