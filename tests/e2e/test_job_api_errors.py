@@ -144,10 +144,12 @@ def test_bad_list_parameters_are_400(api, params, names):
 
 def test_without_callback_base_url_there_is_no_callback_route(stack):
     # The template's condition leaves out the route, its function and its secret.
-    calls = {lid: stats.count for lid, stats in stack.runtime.stats.items()}
+    # (The scheduled sweeper may run meanwhile: only the functions a request could reach are compared.)
+    reachable = ("ApiFunction", "AuthorizerFunction")
+    calls = {lid: stack.runtime.stats[lid].count for lid in reachable}
     reply = httpx.post(f"{stack.api_url}/v1/callbacks/xai/job_01ANY", params={"token": "x"})
 
-    assert reply.status_code in (403, 404)  # API Gateway's answer to a route it does not have
-    assert {lid: stats.count for lid, stats in stack.runtime.stats.items()} == calls  # no function ran
+    assert reply.status_code == 404  # API Gateway's answer to a route it does not have
+    assert {lid: stack.runtime.stats[lid].count for lid in reachable} == calls
     assert "CallbackFunction" not in stack.resources.functions
     assert "CallbackSigningSecret" not in stack.resources.physical
