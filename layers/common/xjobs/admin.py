@@ -10,11 +10,13 @@
     limits set TENANT [--rate R] [--burst B] [--quota N --period DAY|WEEK|MONTH]
     limits reset TENANT                      back to the stack's default usage plan
     limits show TENANT
+    shares set TENANT WEIGHT                 its weight in the fair shares of the chat limit (default 1)
 
 Where: `--stack` reads the CloudFormation stack's outputs (AWS credentials and region from the usual
 environment); without it, the local stack's `.local-stack.json` (its emulator's endpoint too). Each
 tenant has an API Gateway API key of its own, never handed out: the authorizer names it to API Gateway
-so the tenant's usage plan applies. `limits set` moves the tenant to a usage plan of its own.
+so the tenant's usage plan applies. `limits set` moves the tenant to a usage plan of its own. `shares set`
+weighs the tenant's share of the account's chat limit while other tenants have batch work waiting.
 """
 
 import argparse
@@ -197,6 +199,11 @@ def _parser() -> argparse.ArgumentParser:
     limit_set.add_argument("--period", choices=["DAY", "WEEK", "MONTH"], default="DAY")
     limits.add_parser("reset").add_argument("tenant")
     limits.add_parser("show").add_argument("tenant")
+
+    shares = topics.add_parser("shares").add_subparsers(dest="command", required=True)
+    share_set = shares.add_parser("set")
+    share_set.add_argument("tenant")
+    share_set.add_argument("weight", type=float, help="the tenant's weight (default 1; 2: twice the share)")
     return parser
 
 
@@ -222,6 +229,9 @@ def run(args: argparse.Namespace, dep: Deployment) -> dict | list:
             return reset_limits(dep, args.tenant)
         case "limits", "show":
             return show_limits(dep, args.tenant)
+        case "shares", "set":
+            tenant = dep.tenants.set_share_weight(args.tenant, args.weight)
+            return {"tenant": args.tenant, "share_weight": tenant["share_weight"]}
     raise TenantError(f"unknown command {args.topic} {args.command}")
 
 

@@ -337,3 +337,111 @@ class AdaptiveRate:
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
     return seconds * random.uniform(1 - spread, 1 + spread)
+
+
+# -- fair shares between tenants ---------------------------------------------------------------------
+
+ACTIVE_SECONDS = 5.0  # a tenant has work waiting this long after its last heartbeat
+SHARES_READ_SECONDS = 1.0  # how stale a container's copy of the active tenants may be
+FORGET_SECONDS = 300.0  # an entry this long past its heartbeat is removed from the item
+
+
+def fair_shares(weights: "dict[str, float]", cap: float = 1.0) -> "dict[str, float]":
+    """Each tenant's share of the account's limit: its weight over the weights of all the tenants with
+    work waiting, none above ``cap`` (a share of the limit); what a capped tenant cannot take goes to the
+    others by their weights (weighted max-min fairness). A tenant alone gets ``cap`` (1.0: everything)."""
+    shares: dict[str, float] = {}
+    left, uncapped = 1.0, {t: w for t, w in weights.items() if w > 0}
+    while uncapped:
+        total = sum(uncapped.values())
+        capped = {t for t, w in uncapped.items() if left * w / total > cap}
+        if not capped:
+            shares |= {t: left * w / total for t, w in uncapped.items()}
+            break
+        for tenant in capped:
+            shares[tenant] = cap
+            left -= cap
+            del uncapped[tenant]
+    return shares
+
+
+class FairShare:
+    """Which tenants have work waiting, in one item of the limits table, and each one's share.
+
+    A tenant's worker (and its batch's ingest) beats its heartbeat when it takes work: an attribute of
+    the item per tenant, ``{until, weight}``. A tenant whose heartbeat is older than ``active_seconds``
+    has nothing waiting and takes no share. Each container reads the item at most once a second.
+    """
+
+    def __init__(self, table_name: str, scope: str, cap: float = 1.0, active_seconds: float = ACTIVE_SECONDS):
+        if not 0 < cap <= 1:
+            raise ValueError("cap must be a share of the limit, over 0 and at most 1")
+        self.table_name = table_name
+        self.key = {"id": f"{scope}#tenants"}
+        self.cap = cap
+        self.active_seconds = active_seconds
+        self._cached: dict[str, tuple[float, float]] = {}  # tenant -> (until, weight)
+        self._read_at = -SHARES_READ_SECONDS
+        self._beaten: dict[str, tuple[float, float]] = {}  # tenant -> (monotonic time, weight) of our beat
+
+    def heartbeat(self, tenant: str, weight: float = 1.0) -> None:
+        """The tenant has work waiting (at most one write a second per tenant from this container)."""
+        from decimal import Decimal
+
+        now = time.monotonic()
+        last = self._beaten.get(tenant)
+        if last and last[1] == weight and now - last[0] < min(1.0, self.active_seconds / 4):
+            return
+        until = time.time() + self.active_seconds
+        aws.table(self.table_name).update_item(
+            Key=self.key,
+            UpdateExpression="SET #tenant = :entry",
+            ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
+            ExpressionAttributeValues={
+                ":entry": {"until": Decimal(f"{until:.3f}"), "weight": Decimal(str(weight))}
+            },
+        )
+        self._beaten[tenant] = (now, weight)
+        self._cached[tenant] = (until, weight)
+
+    def active(self, *, fresh: bool = False) -> "dict[str, float]":
+        """The weights of the tenants with work waiting now."""
+        now = time.monotonic()
+        if fresh or now - self._read_at >= SHARES_READ_SECONDS:
+            item = aws.table(self.table_name).get_item(Key=self.key).get("Item") or {}
+            entries = {
+                name[2:]: (float(value["until"]), float(value.get("weight", 1)))
+                for name, value in item.items()
+                if name.startswith("t#") and isinstance(value, dict) and "until" in value
+            }
+            # Our own beats stand even if the (eventually consistent) read does not show them yet.
+            for tenant, (until, weight) in self._cached.items():
+                if tenant in self._beaten and until > entries.get(tenant, (0.0, 0.0))[0]:
+                    entries[tenant] = (until, weight)
+            self._cached, self._read_at = entries, now
+            self._forget([t for t, (until, _) in entries.items() if until < time.time() - FORGET_SECONDS])
+        wall = time.time()
+        return {t: weight for t, (until, weight) in self._cached.items() if until > wall}
+
+    def share(self, tenant: str, weight: float = 1.0) -> float:
+        """The tenant's share of the account's limit now: 1.0 when it is alone (and not capped)."""
+        weights = self.active() | {tenant: weight}
+        return fair_shares(weights, self.cap)[tenant]
+
+    def _forget(self, tenants: "list[str]") -> None:
+        """Remove entries long past their heartbeat, unless the tenant came back meanwhile."""
+        from decimal import Decimal
+
+        for tenant in tenants:
+            try:
+                aws.table(self.table_name).update_item(
+                    Key=self.key,
+                    UpdateExpression="REMOVE #tenant",
+                    ConditionExpression="#tenant.#until < :stale",
+                    ExpressionAttributeNames={"#tenant": f"t#{tenant}", "#until": "until"},
+                    ExpressionAttributeValues={":stale": Decimal(f"{time.time() - FORGET_SECONDS:.3f}")},
+                )
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+            self._cached.pop(tenant, None)

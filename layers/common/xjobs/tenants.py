@@ -9,11 +9,14 @@ The authorizer imports this module on every cold start: boto3's and the job stor
 imported where they are used, not here.
 
 Items (one table, key `id`; index `by-tenant` on `tenant`, `id`):
-    tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value}
+    tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value, share_weight?}
     key#<sha256 hex>    {tenant, kind: "key", prefix, name, created, usage_key_value, revoked_at?}
 
 Settings that belong to a tenant (a webhook signing secret, say) go on its `tenant#` item, read by
 `get_tenant`; the API function knows the tenant from `requestContext.authorizer.tenant`.
+
+`share_weight` weighs the tenant's share of the account's chat limit against the other tenants with
+work waiting (1 when unset; see limiter.FairShare).
 
 `usage_key_*` name the tenant's API Gateway API key: never handed to callers, it is what the
 authorizer returns as `usageIdentifierKey` so API Gateway meters the tenant against its usage plan.
@@ -29,6 +32,7 @@ from .ids import new_id
 
 KEY_SCHEME = "xj-"
 PREFIX_CHARS = 12  # "xj-" and 9 random characters: enough to tell a tenant's keys apart
+MAX_SHARE_WEIGHT = 1000
 TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -86,6 +90,24 @@ class TenantStore:
         if tenant is None:
             raise TenantError(f"no tenant {tenant_id}")
         return tenant
+
+    def share_weight(self, tenant_id: str) -> float:
+        """The tenant's weight in the fair shares of the chat limit: 1 unless set (an unknown tenant: 1)."""
+        item = self.table.get_item(Key={"id": f"tenant#{tenant_id}"}).get("Item") or {}
+        return float(item.get("share_weight", 1))
+
+    def set_share_weight(self, tenant_id: str, weight: float) -> dict:
+        if not 0 < weight <= MAX_SHARE_WEIGHT:
+            raise TenantError(f"a share weight is over 0 and at most {MAX_SHARE_WEIGHT}, not {weight:g}")
+        from decimal import Decimal
+
+        self.get_tenant(tenant_id)
+        self.table.update_item(
+            Key={"id": f"tenant#{tenant_id}"},
+            UpdateExpression="SET share_weight = :weight",
+            ExpressionAttributeValues={":weight": Decimal(str(weight))},
+        )
+        return self.get_tenant(tenant_id)
 
     def list_tenants(self) -> list[dict]:
         from .jobs import plain

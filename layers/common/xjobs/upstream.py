@@ -3,7 +3,7 @@
 from functools import cache
 
 from .account import Account
-from .limiter import CHAT_WINDOW_SECONDS, AdaptiveRate, RateLimiter
+from .limiter import CHAT_WINDOW_SECONDS, AdaptiveRate, FairShare, RateLimiter
 from .settings import get_settings
 from .xai import XaiClient
 
@@ -61,6 +61,54 @@ def chat_limiter() -> RateLimiter:
         epoch=rate.epoch,
         window_seconds=CHAT_WINDOW_SECONDS,
     )
+
+
+@cache
+def _fair_share(table_name: str, cap: float) -> FairShare:
+    return FairShare(table_name, CHAT_SCOPE, cap)
+
+
+def fair_share() -> FairShare:
+    """The tenants with chat work waiting, and each one's share of the chat limits (limiter.FairShare)."""
+    settings = get_settings()
+    return _fair_share(settings.limits_table, settings.tenant_max_share)
+
+
+def tenant_limiter(tenant: str, share: float) -> RateLimiter | None:
+    """The limiter of one tenant's chat requests at its ``share`` of the account's rate, taken before
+    the account's own (chat_limiter); None for a share of the whole rate."""
+    if share >= 1.0:
+        return None
+    rate = chat_rate().read()
+    return RateLimiter(
+        get_settings().limits_table,
+        f"{CHAT_SCOPE}#tenant#{tenant}",
+        rate.requests_per_minute * share / 60,
+        rate.tokens_per_minute * share / 60,
+        epoch=rate.epoch,
+        window_seconds=CHAT_WINDOW_SECONDS,
+    )
+
+
+WEIGHT_READ_SECONDS = 60.0  # how long a container trusts a tenant's weight it read
+_weights: dict[str, tuple[float, float]] = {}  # tenant -> (monotonic time read, weight)
+
+
+def share_weight(tenant: str) -> float:
+    """The tenant's weight in the fair shares (its tenant item's ``share_weight``; 1 by default)."""
+    import time
+
+    read = _weights.get(tenant)
+    if read and time.monotonic() - read[0] < WEIGHT_READ_SECONDS:
+        return read[1]
+    settings = get_settings()
+    weight = 1.0
+    if settings.tenants_table:
+        from .tenants import TenantStore
+
+        weight = TenantStore(settings.tenants_table).share_weight(tenant)
+    _weights[tenant] = (time.monotonic(), weight)
+    return weight
 
 
 def rate_limited(exc, limiter: RateLimiter) -> float:

@@ -1,0 +1,79 @@
+"""Tenants share the account's chat limit fairly: a tenant's small batch, started while another
+tenant's large batch runs, finishes about as fast as alone, and the large one still answers every line."""
+
+import time
+
+import httpx
+import pytest
+
+from tests.e2e_batches.helpers import Batches, assert_each_once, jsonl, read_lines, request_line
+
+CHAT = "/v1/chat/completions"
+LARGE, SMALL = 450, 5
+# The simulator's limit, the same as the stack's ChatRequestsPerMinute: 30 requests a second, so the
+# large batch alone takes about 15 s, and the limiter, not the machine, sets the pace.
+LIMIT_RPM = 1800
+
+
+@pytest.fixture
+def tenant_batches(stack):
+    clients = []
+
+    def make(name: str) -> Batches:
+        _, key = stack.create_tenant(name=name)
+        clients.append(httpx.Client(base_url=stack.api_url, headers={"x-api-key": key}, timeout=30))
+        return Batches(stack, clients[-1])
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def timed_run(batches: Batches, custom_ids: list[str], tag=False) -> tuple[float, dict]:
+    started = time.monotonic()
+    lines = [request_line(c, content=c if tag else "hello") for c in custom_ids]
+    batch = batches.wait(batches.create(jsonl(lines))["id"], timeout=120)
+    return time.monotonic() - started, batch
+
+
+def test_a_small_batch_behind_another_tenants_large_one_finishes_about_as_fast_as_alone(sim, tenant_batches):
+    sim.update(requests_per_minute=LIMIT_RPM)
+    large, small = tenant_batches("large"), tenant_batches("small")
+    small_ids = [f"s-{i}" for i in range(SMALL)]
+
+    # GIVEN the small batch's time alone
+    alone, batch = timed_run(small, small_ids)
+    assert batch["status"] == "completed"
+
+    # WHEN another tenant's large batch is running (its lines fill the work queue) ...
+    large_ids = [f"l-{i}" for i in range(LARGE)]
+    large_batch = large.create(jsonl([request_line(c) for c in large_ids]))
+    deadline = time.time() + 60
+    while sim.count(CHAT, status=200) < SMALL + 60:
+        assert time.time() < deadline, "the large batch did not start"
+        time.sleep(0.1)
+
+    # ... the same small batch again takes about as long as alone (before fair shares: about 10x)
+    t0 = time.time()
+    during, batch = timed_run(small, [f"again-{c}" for c in small_ids], tag=True)
+    calls = [
+        (round(c.time - t0, 2), c.status, (c.body or {}).get("messages", [{}])[0].get("content"))
+        for c in sim.calls
+        if c.path == CHAT and c.time > t0 - 2
+    ]
+    import collections
+
+    print("B calls", [c for c in calls if c[2] and c[2].startswith("again")])
+    print("per second", sorted(collections.Counter((int(c[0]), c[1]) for c in calls).items()))
+    assert batch["status"] == "completed"
+    assert_each_once([f"again-{c}" for c in small_ids], read_lines(batch.get("output_file_url")), [])
+    still_running = large.api.get(f"/v1/batches/{large_batch['id']}").json()
+    assert still_running["status"] != "completed", "the large batch ran alongside"
+    assert during < 3 * alone, f"{during:.1f} s behind the large batch, {alone:.1f} s alone"
+
+    # AND the large batch completes with every line answered once
+    done = large.wait(large_batch["id"], timeout=120)
+    assert done["status"] == "completed"
+    assert_each_once(
+        large_ids, read_lines(done.get("output_file_url")), read_lines(done.get("error_file_url"))
+    )
