@@ -29,10 +29,9 @@ def tenant_batches(stack):
         client.close()
 
 
-def timed_run(batches: Batches, custom_ids: list[str], tag=False) -> tuple[float, dict]:
+def timed_run(batches: Batches, custom_ids: list[str]) -> tuple[float, dict]:
     started = time.monotonic()
-    lines = [request_line(c, content=c if tag else "hello") for c in custom_ids]
-    batch = batches.wait(batches.create(jsonl(lines))["id"], timeout=120)
+    batch = batches.wait(batches.create(jsonl([request_line(c) for c in custom_ids]))["id"], timeout=120)
     return time.monotonic() - started, batch
 
 
@@ -53,23 +52,14 @@ def test_a_small_batch_behind_another_tenants_large_one_finishes_about_as_fast_a
         assert time.time() < deadline, "the large batch did not start"
         time.sleep(0.1)
 
-    # ... the same small batch again takes about as long as alone (before fair shares: about 10x)
-    t0 = time.time()
-    during, batch = timed_run(small, [f"again-{c}" for c in small_ids], tag=True)
-    calls = [
-        (round(c.time - t0, 2), c.status, (c.body or {}).get("messages", [{}])[0].get("content"))
-        for c in sim.calls
-        if c.path == CHAT and c.time > t0 - 2
-    ]
-    import collections
-
-    print("B calls", [c for c in calls if c[2] and c[2].startswith("again")])
-    print("per second", sorted(collections.Counter((int(c[0]), c[1]) for c in calls).items()))
+    # ... the same small batch again takes about as long as alone (before fair shares: 4.7x)
+    during, batch = timed_run(small, [f"again-{c}" for c in small_ids])
     assert batch["status"] == "completed"
     assert_each_once([f"again-{c}" for c in small_ids], read_lines(batch.get("output_file_url")), [])
     still_running = large.api.get(f"/v1/batches/{large_batch['id']}").json()
     assert still_running["status"] != "completed", "the large batch ran alongside"
-    assert during < 3 * alone, f"{during:.1f} s behind the large batch, {alone:.1f} s alone"
+    print(f"small batch: {alone:.1f} s alone, {during:.1f} s beside the large one")
+    assert during < 3 * alone, f"{during:.1f} s beside the large batch, {alone:.1f} s alone"
 
     # AND the large batch completes with every line answered once
     done = large.wait(large_batch["id"], timeout=120)
