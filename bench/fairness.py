@@ -78,18 +78,40 @@ def _ok_per_minute(stack: LocalStack, start: float, end: float) -> float | None:
     return len(inside) / (end - start) * 60 if end > start else None
 
 
+def _phases(stack: LocalStack, prefix: str, started: float, seconds: float) -> dict:
+    """Where a small batch's time went: to its first xAI call (upload, ingest, queue, limiter), among its
+    calls, and after its last one (answers, results, finalizer)."""
+    times = sorted(
+        c.time
+        for c in stack.simulator.calls
+        if c.path == "/v1/chat/completions" and c.body and c.body["messages"][0]["content"].startswith(prefix)
+    )
+    if not times:
+        return {}
+    return {
+        "to_first_call": times[0] - started,
+        "first_to_last_call": times[-1] - times[0],
+        "after_last_call": started + seconds - times[-1],
+    }
+
+
 def run() -> dict:
     stack = LocalStack(parameters=PARAMETERS, simulator=SIMULATOR).start()
     try:
         stack.simulator.reset()
         stack.simulator.update(**dataclasses.asdict(SIMULATOR))
         small, large = Tenant(stack, "small"), Tenant(stack, "large")
+        alone_started = time.time()
         alone_batch, alone = small.run(_small_lines("alone"))
 
         large_id, large_started = large.create(_lines(LARGE))
         time.sleep(LARGE_RUNNING_SECONDS)
         beside_started = time.time()
         beside_batch, beside = small.run(_small_lines("beside"))
+        phases = {
+            "alone": _phases(stack, "alone", alone_started, alone),
+            "beside": _phases(stack, "beside", beside_started, beside),
+        }
         large_rate = _ok_per_minute(stack, beside_started, time.time())
         large_batch, large_seconds = large.wait(large_id, large_started)
 
@@ -109,6 +131,7 @@ def run() -> dict:
             "duplicates": _answered_twice(stack.simulator) + sum(n - 1 for n in seen.values() if n > 1),
             "per_minute_while_small_ran": large_rate,
             "rate_limited": stack.simulator.count("/v1/chat/completions", status=429),
+            "small_phases": phases,
         }
     finally:
         stack.stop()
@@ -121,6 +144,10 @@ def run() -> dict:
     rows = [
         row(f"small batch ({SMALL} lines) beside a {LARGE}-line batch of another tenant (baseline: alone)",
             beside, alone, "s", f"< {TARGET_RATIO:g}× alone", figures["ratio"] < TARGET_RATIO),
+        row("small batch: create to its first xAI call, beside (baseline: alone)",
+            phases["beside"].get("to_first_call"), phases["alone"].get("to_first_call"), "s"),
+        row("small batch: its last xAI call to completed, beside (baseline: alone)",
+            phases["beside"].get("after_last_call"), phases["alone"].get("after_last_call"), "s"),
         row(f"large batch: requests/min while the small one ran (limit {LIMIT_RPM})",
             figures["per_minute_while_small_ran"], None, "/min", compare=False),
         row(f"large batch: wall time, {LARGE} requests", large_seconds, None, "s", compare=False),
@@ -148,7 +175,8 @@ def report(result: dict) -> str:
         f"Fairness: a {result['small_lines']}-line batch took {f['small_alone_seconds']:.1f} s alone and "
         f"{f['small_beside_seconds']:.1f} s ({f['ratio']:.2f}×) started "
         f"{result['large_running_seconds']:.0f} s into another tenant's {result['large_lines']}-line batch "
-        f"under a {result['limit_rpm']}/min limit; the large batch ran {f['per_minute_while_small_ran'] or 0:.0f} requests/min meanwhile and "
+        f"under a {result['limit_rpm']}/min limit; the large batch ran "
+        f"{f['per_minute_while_small_ran'] or 0:.0f} requests/min meanwhile and "
         f"{f['large_status']} in {f['large_seconds']:.0f} s ({f['large_ok']} ok, {f['large_lost']} lost, "
         f"{f['duplicates']} answered twice), targets {'met' if result['met'] else 'missed'}.\n"
     )

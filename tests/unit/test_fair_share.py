@@ -108,6 +108,18 @@ def test_a_tenant_whose_heartbeat_stopped_leaves_its_share_to_the_others(limits_
     assert FairShare(limits_table, scope).active() == {"busy": 1.0}
 
 
+def test_a_tenant_whose_batch_ended_leaves_its_share_at_once(limits_table, unique):
+    scope = unique("fair")
+    FairShare(limits_table, scope).heartbeat("a")
+    ended = FairShare(limits_table, scope)
+    ended.heartbeat("b")
+
+    ended.finished("b")
+
+    assert ended.active() == {"a": 1.0}
+    assert FairShare(limits_table, scope).share("a") == 1.0
+
+
 def test_a_containers_view_of_the_active_tenants_is_at_most_a_second_old(limits_table, unique):
     scope = unique("fair")
     watcher = FairShare(limits_table, scope)
@@ -178,6 +190,8 @@ def test_a_tenant_alone_goes_through_the_account_limiter_only(sim, start_batch, 
     assert returned(response) == set()
     assert len(chat_calls(sim)) == 2
     assert limiter_items(batch_settings.limits_table, f"{upstream.CHAT_SCOPE}#tenant#") == []
+    # the batch ended: the tenant has nothing waiting, at once
+    assert upstream.fair_share().active(fresh=True) == {}
 
 
 def test_requests_over_their_tenants_share_go_back_at_once_and_run_when_the_other_tenant_is_gone(
@@ -227,3 +241,55 @@ def test_the_backoff_of_a_request_over_its_share_grows_from_a_second_to_the_cap(
     assert all(w[2] > w[0] for w in waits), "growing"
     cap = batch_worker.MAX_SHARE_WAIT_SECONDS
     assert all(max(w) <= cap * 1.2 for w in waits) and min(w[-1] for w in waits) >= cap * 0.8
+
+
+# -- a tenant's weight ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tenants_table(dynamodb) -> str:
+    from tests.unit.conftest import _create_table
+
+    return _create_table(dynamodb, "tenants", ("id", "S"), by_tenant=True)
+
+
+def test_the_admin_command_sets_a_tenants_weight_that_workers_read(tenants_table, unique, monkeypatch):
+    from xjobs import admin
+    from xjobs.settings import get_settings
+    from xjobs.tenants import TenantStore
+
+    tenant = unique("weighted")
+    store = TenantStore(tenants_table)
+    store.create_tenant(name="w", usage_key_id="k", usage_key_value="v", tenant_id=tenant)
+    assert store.share_weight(tenant) == 1.0, "unset: 1"
+
+    deployment = admin.Deployment(tenants_table, "plan", apigateway=None)
+    shown = admin.run(admin._parser().parse_args(["shares", "set", tenant, "2.5"]), deployment)
+
+    assert shown == {"tenant": tenant, "share_weight": 2.5}
+    assert store.share_weight(tenant) == 2.5
+    for name in ("JOBS_TABLE", "IDEMPOTENCY_TABLE", "LIMITS_TABLE", "DATA_BUCKET", "TOPIC_ARN"):
+        monkeypatch.setenv(name, "unused")
+    monkeypatch.setenv("XAI_API_KEY_SECRET", "unused")
+    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", "unused")
+    monkeypatch.setenv("TENANTS_TABLE", tenants_table)
+    get_settings.cache_clear()
+    monkeypatch.setattr(upstream, "_weights", {})
+    try:
+        assert upstream.share_weight(tenant) == 2.5
+        assert upstream.share_weight(unique("unknown")) == 1.0
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("weight", [0, -1, 1001])
+def test_a_weight_out_of_range_or_of_an_unknown_tenant_is_refused(tenants_table, unique, weight):
+    from xjobs.tenants import TenantError, TenantStore
+
+    store = TenantStore(tenants_table)
+    tenant = unique("weighted")
+    store.create_tenant(name="w", usage_key_id="k", usage_key_value="v", tenant_id=tenant)
+    with pytest.raises(TenantError, match="weight"):
+        store.set_share_weight(tenant, weight)
+    with pytest.raises(TenantError, match="no tenant"):
+        store.set_share_weight(unique("nobody"), 2)

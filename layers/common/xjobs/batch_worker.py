@@ -394,9 +394,11 @@ class _Work:
         for code, count in Counter(r["code"] for r in self.results).items():
             metric("BatchLines", count, Outcome=code)
         self._send_later()
-        for batch_id in self.batches:
+        for batch_id, batch in self.batches.items():
             if self.store.claim_finalize(batch_id):
                 start_finalizer(batch_id)
+                # The other tenants have the tenant's share at once, not when its heartbeat lapses.
+                fair_share().finished(str(batch.get("tenant") or ""))
 
     def _send_later(self) -> None:
         queue = get_settings().work_queue_url

@@ -39,11 +39,13 @@ class RateLimiter:
         *,
         epoch: int = 0,
         window_seconds: float = 1.0,
+        metric_scope: str | None = None,
     ):
         if per_second <= 0 or (tokens_per_second is not None and tokens_per_second <= 0):
             raise ValueError("per_second and tokens_per_second must be positive")
         self.table = aws.table(table_name)
         self.scope = scope
+        self.metric_scope = metric_scope or scope  # the metrics' Scope dimension (no tenant ids in it)
         self.per_second = per_second
         self.epoch = epoch  # the AdaptiveRate epoch these limits come from (see AdaptiveRate.cut)
         self.last_window: int | None = None  # the window of the last admission
@@ -88,7 +90,7 @@ class RateLimiter:
                 if requests == 1:  # a refused group is asked for again request by request: counted there
                     emit(
                         {"LimiterWaits": (1, "Count"), "LimiterWaitSeconds": (wait, "Seconds")},
-                        Scope=self.scope,
+                        Scope=self.metric_scope,
                     )
                 return wait
             raise
@@ -369,8 +371,9 @@ class FairShare:
     """Which tenants have work waiting, in one item of the limits table, and each one's share.
 
     A tenant's worker (and its batch's ingest) beats its heartbeat when it takes work: an attribute of
-    the item per tenant, ``{until, weight}``. A tenant whose heartbeat is older than ``active_seconds``
-    has nothing waiting and takes no share. Each container reads the item at most once a second.
+    the item per tenant, ``{until, weight}``. A tenant whose heartbeat is older than ``active_seconds``,
+    or whose batch just ended, has nothing waiting and takes no share. Each container reads the item at
+    most once a second.
     """
 
     def __init__(self, table_name: str, scope: str, cap: float = 1.0, active_seconds: float = ACTIVE_SECONDS):
@@ -403,6 +406,17 @@ class FairShare:
         )
         self._beaten[tenant] = (now, weight)
         self._cached[tenant] = (until, weight)
+
+    def finished(self, tenant: str) -> None:
+        """A batch of the tenant ended: the tenant has nothing waiting, unless another of its batches
+        runs — whose next heartbeat (within a second or so) counts it in again."""
+        aws.table(self.table_name).update_item(
+            Key=self.key,
+            UpdateExpression="REMOVE #tenant",
+            ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
+        )
+        self._beaten.pop(tenant, None)
+        self._cached.pop(tenant, None)
 
     def active(self, *, fresh: bool = False) -> "dict[str, float]":
         """The weights of the tenants with work waiting now."""

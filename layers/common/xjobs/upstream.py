@@ -87,6 +87,7 @@ def tenant_limiter(tenant: str, share: float) -> RateLimiter | None:
         rate.tokens_per_minute * share / 60,
         epoch=rate.epoch,
         window_seconds=CHAT_WINDOW_SECONDS,
+        metric_scope=f"{CHAT_SCOPE}#tenant",
     )
 
 
