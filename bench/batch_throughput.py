@@ -61,6 +61,7 @@ WRONG_TARGET_SHARE = 0.95
 WRONG_TARGET_429_SHARE = 0.02
 MEASURED_FROM, MEASURED_SECONDS = 60.0, 60.0  # the minute after the first xAI call's first minute
 TIMEOUT = 600
+TIMEOUT_SECONDS = 1500  # for `python -m bench`: two 1,500-request runs and two 3,000-request runs
 BASELINE_CONCURRENCY = 10
 BASELINE_TRIES = 3
 

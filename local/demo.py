@@ -117,7 +117,7 @@ def run(stack: LocalStack) -> int:
 
 
 def run_batch(api: httpx.Client) -> tuple[str, bool]:
-    """A chat batch of BATCH_LINES requests: upload the JSONL, run it, show it; its id and whether it completed."""
+    """A chat batch of BATCH_LINES requests, uploaded, run and shown: its id and whether it completed."""
     print(f"\nChat batch: {BATCH_LINES} requests under a 1,200 requests/minute limit")
     lines = [
         {

@@ -1,7 +1,7 @@
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.logging import correlation_paths
 
-from xjobs import batch_api, file_api
+from xjobs import batch_api, file_api, webhook_api
 from xjobs.api import register_error_handlers, router
 from xjobs.observability import logger
 
@@ -9,6 +9,7 @@ app = APIGatewayRestResolver()
 app.include_router(router)
 app.include_router(batch_api.router)
 app.include_router(file_api.router)
+app.include_router(webhook_api.router)
 register_error_handlers(app)
 
 

@@ -20,6 +20,7 @@ PARAMETERS = {
     # The sweeper looks for jobs whose loop ended every 2 s (rate in seconds: the local stack only).
     "SweeperSchedule": "rate(2 seconds)",
     "AuthCacheSeconds": "1",  # a revoked key is refused within a second
+    "WebhookSecretGraceSeconds": "10",  # a rotated webhook secret signs beside the new one this long
 }
 SIMULATOR = SimulatorConfig(
     api_key="sim-test-key", video_duration_median=1.0, video_duration_sigma=0.2, deferred_chat_duration=0.5

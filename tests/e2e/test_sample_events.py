@@ -24,6 +24,7 @@ def load(name: str) -> dict:
         ("api_list_jobs.json", 200),
         ("api_get_job.json", 404),
         ("api_cancel_job.json", 404),
+        ("api_get_webhook_secret.json", 404),  # the example tenant has no record
     ],
 )
 def test_api_events(stack, event, status):
@@ -37,6 +38,14 @@ def test_created_job_belongs_to_the_events_api_key(stack):
     get["path"] = f"/v1/jobs/{created['id']}"
     get["pathParameters"] = {"id": created["id"]}
     assert json.loads(stack.runtime.invoke("ApiFunction", get)["body"])["id"] == created["id"]
+
+
+def test_the_webhook_secret_event_reads_its_tenants_secret(stack, api):
+    event = load("api_get_webhook_secret.json")
+    event["requestContext"]["authorizer"] = {"tenant": stack.tenant, "principalId": stack.tenant}
+    reply = stack.runtime.invoke("ApiFunction", event)
+    assert reply["statusCode"] == 200
+    assert json.loads(reply["body"])["secret"] == api.get("/v1/webhook_secret").json()["secret"]
 
 
 @pytest.mark.parametrize("event", ["poll.json", "finish.json"])

@@ -30,12 +30,10 @@ def test_callback_wakes_the_loop_for_a_single_status_call(api, stack, sim, inbox
 
 
 @pytest.fixture
-def secrets(stack) -> dict[str, str]:
+def secrets(stack, api) -> dict[str, str]:
     read = stack.client("secretsmanager").get_secret_value
-    return {
-        name: read(SecretId=stack.resources.physical[name])["SecretString"]
-        for name in ("CallbackSigningSecret", "WebhookSigningSecret")
-    }
+    callback = read(SecretId=stack.resources.physical["CallbackSigningSecret"])["SecretString"]
+    return {"callback": callback, "webhook": api.get("/v1/webhook_secret").json()["secret"]}
 
 
 @pytest.fixture
@@ -63,9 +61,9 @@ def test_a_callback_without_the_jobs_own_fresh_token_is_refused_and_wakes_nothin
     forged = [
         {"token": "forged"},
         {},
-        {"token": callback_token(secrets["CallbackSigningSecret"], other_job, later)},  # another job's
-        {"token": callback_token(secrets["CallbackSigningSecret"], slow_job, earlier)},  # expired
-        {"token": callback_token(secrets["WebhookSigningSecret"], slow_job, later)},  # the webhook key
+        {"token": callback_token(secrets["callback"], other_job, later)},  # another job's
+        {"token": callback_token(secrets["callback"], slow_job, earlier)},  # expired
+        {"token": callback_token(secrets["webhook"], slow_job, later)},  # the tenant's webhook key
     ]
 
     for params in forged:
@@ -76,23 +74,29 @@ def test_a_callback_without_the_jobs_own_fresh_token_is_refused_and_wakes_nothin
 
 
 def test_a_callback_must_name_the_jobs_xai_request(api, stack, secrets, slow_job):
-    token = callback_token(secrets["CallbackSigningSecret"], slow_job, int(time.time()) + 3600)
+    token = callback_token(secrets["callback"], slow_job, int(time.time()) + 3600)
     callback = f"{stack.api_url}/v1/callbacks/xai/{slow_job}"
 
     assert (
         httpx.post(callback, params={"token": token}, json={"request_id": "someone-elses"}).status_code == 404
     )
+    for unnamed in (None, {"status": "done"}, {"request_id": 7}):  # the route takes a burst of 5
+        refused = httpx.post(callback, params={"token": token}, json=unnamed)
+        assert refused.status_code == 400, unnamed
+        assert refused.json()["error"]["param"] == "request_id"
     assert "news_at" not in job_record(stack, slow_job)
+    time.sleep(1)
     named = {"request_id": xai_request_id(stack, slow_job), "status": "done"}
     assert httpx.post(callback, params={"token": token}, json=named).status_code == 202
 
 
 def test_a_jobs_callbacks_are_rate_limited(stack, secrets, slow_job):
-    token = callback_token(secrets["CallbackSigningSecret"], slow_job, int(time.time()) + 3600)
+    token = callback_token(secrets["callback"], slow_job, int(time.time()) + 3600)
     callback = f"{stack.api_url}/v1/callbacks/xai/{slow_job}"
+    named = {"request_id": xai_request_id(stack, slow_job), "status": "done"}
 
-    first = httpx.post(callback, params={"token": token})
-    second = httpx.post(callback, params={"token": token})
+    first = httpx.post(callback, params={"token": token}, json=named)
+    second = httpx.post(callback, params={"token": token}, json=named)
 
     assert first.status_code == 202
     assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_callbacks"

@@ -63,7 +63,15 @@ def test_the_layer_pins_every_package_it_ships_at_the_locked_version():
 
 def test_data_survives_the_stack_and_travels_encrypted():
     resources = deploy_check.translated(TEMPLATE)["Resources"]
-    for name in ("JobsTable", "BatchesTable", "BatchItemsTable", "XaiApiKeySecret", "WebhookSigningSecret"):
+    # Tenants hold their API keys' hashes and webhook secrets: a new stack must not lose them.
+    for name in (
+        "JobsTable",
+        "BatchesTable",
+        "BatchItemsTable",
+        "TenantsTable",
+        "FilesTable",
+        "XaiApiKeySecret",
+    ):
         assert resources[name]["DeletionPolicy"] == "Retain", name
         assert resources[name]["UpdateReplacePolicy"] == "Retain", name
     # A SecretString literal would be put back over the operator's key by any update of the secret.
@@ -79,3 +87,33 @@ def test_data_survives_the_stack_and_travels_encrypted():
     assert resources["NotificationsTopic"]["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
     for queue in (r["Properties"] for r in resources.values() if r["Type"] == "AWS::SQS::Queue"):
         assert queue["SqsManagedSseEnabled"] is True
+
+
+def test_webhook_secrets_are_the_tenants_and_only_the_api_and_finish_may_write_a_tenant():
+    resources = deploy_check.translated(TEMPLATE)["Resources"]
+    secrets = {name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"}
+    assert secrets == {"XaiApiKeySecret", "CallbackSigningSecret"}  # no deployment-wide webhook key
+    tenants_arn = {"Fn::GetAtt": ["TenantsTable", "Arn"]}
+    access = {}
+    for name, role in resources.items():
+        if role["Type"] != "AWS::IAM::Role":
+            continue
+        policies = []
+        for policy in role["Properties"].get("Policies", []):  # a conditional one: either branch
+            policies += (
+                [p for p in policy["Fn::If"][1:] if isinstance(p, dict)] if "Fn::If" in policy else [policy]
+            )
+        for policy in policies:
+            for statement in policy.get("PolicyDocument", {}).get("Statement", []):
+                targets = (
+                    statement["Resource"]
+                    if isinstance(statement["Resource"], list)
+                    else [statement["Resource"]]
+                )
+                if tenants_arn in targets:
+                    access[name] = sorted(access.get(name, []) + statement["Action"])
+    assert access == {
+        "AuthorizerFunctionRole": ["dynamodb:GetItem"],
+        "ApiFunctionRole": ["dynamodb:GetItem", "dynamodb:UpdateItem"],  # GET and rotate
+        "FinishFunctionRole": ["dynamodb:GetItem", "dynamodb:UpdateItem"],  # signs; makes a missing secret
+    }

@@ -398,7 +398,6 @@ def batch_settings(
         "TOPIC_ARN": notifications.topic_arn,
         "XAI_BASE_URL": sim.base_url,
         "XAI_API_KEY_SECRET": xai_secret,
-        "WEBHOOK_SIGNING_SECRET": "unused-webhook-secret",
         "CHAT_REQUESTS_PER_MINUTE": "6000",
         "CHAT_TOKENS_PER_MINUTE": "10000000",
         "BATCHES_TABLE": batches_table,

@@ -23,7 +23,6 @@ def store(tenants_table, monkeypatch) -> TenantStore:
     for name in ("JOBS_TABLE", "IDEMPOTENCY_TABLE", "LIMITS_TABLE", "DATA_BUCKET", "TOPIC_ARN"):
         monkeypatch.setenv(name, "unused")
     monkeypatch.setenv("XAI_API_KEY_SECRET", "unused")
-    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", "unused")
     monkeypatch.setenv("TENANTS_TABLE", tenants_table)
     monkeypatch.setenv("AUTH_CACHE_SECONDS", "0.5")
     settings.get_settings.cache_clear()

@@ -79,20 +79,29 @@ def test_a_cap_outside_zero_to_one_is_refused(limits_table):
             FairShare(limits_table, "fair", cap)
 
 
-def test_tenants_with_a_heartbeat_share_the_limit_as_every_container_sees_it(limits_table, unique):
+def test_tenants_with_a_heartbeat_share_the_limit_by_their_weights_as_every_container_sees_it(
+    limits_table, unique
+):
     scope = unique("fair")
     first, second, reader = (FairShare(limits_table, scope) for _ in range(3))
 
     assert reader.share("a") == 1.0, "alone"
     first.heartbeat("a")
-    second.heartbeat("b", weight=3.0)
+    second.heartbeat("b")
+    FairShare(limits_table, scope).set_weight("b", 3.0)
 
-    # another container (its own cache) sees both
+    # another container (its own cache) sees both, and b's weight
     assert FairShare(limits_table, scope).active() == {"a": 1.0, "b": 3.0}
     assert FairShare(limits_table, scope).share("a") == 0.25
-    assert FairShare(limits_table, scope).share("b", 3.0) == 0.75
+    assert FairShare(limits_table, scope).share("b") == 0.75
     # a third tenant asking counts itself in
     assert FairShare(limits_table, scope).share("c") == pytest.approx(0.2)
+
+
+def test_a_weight_out_of_range_is_refused(limits_table, unique):
+    for weight in (0, -1, limiter.MAX_WEIGHT + 1):
+        with pytest.raises(ValueError, match="weight"):
+            FairShare(limits_table, unique("fair")).set_weight("a", weight)
 
 
 def test_a_tenant_whose_heartbeat_stopped_leaves_its_share_to_the_others(limits_table, unique):
@@ -243,7 +252,7 @@ def test_the_backoff_of_a_request_over_its_share_grows_from_a_second_to_the_cap(
     assert all(max(w) <= cap * 1.2 for w in waits) and min(w[-1] for w in waits) >= cap * 0.8
 
 
-# -- a tenant's weight ------------------------------------------------------------------------------
+# -- a tenant's weight, set by the admin command ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -253,43 +262,45 @@ def tenants_table(dynamodb) -> str:
     return _create_table(dynamodb, "tenants", ("id", "S"), by_tenant=True)
 
 
-def test_the_admin_command_sets_a_tenants_weight_that_workers_read(tenants_table, unique, monkeypatch):
+def admin_run(deployment, *argv: str):
     from xjobs import admin
-    from xjobs.settings import get_settings
+
+    return admin.run(admin._parser().parse_args(list(argv)), deployment)
+
+
+def test_the_admin_command_sets_a_tenants_weight_that_workers_see(tenants_table, limits_table, unique):
+    from xjobs import admin
     from xjobs.tenants import TenantStore
 
     tenant = unique("weighted")
-    store = TenantStore(tenants_table)
-    store.create_tenant(name="w", usage_key_id="k", usage_key_value="v", tenant_id=tenant)
-    assert store.share_weight(tenant) == 1.0, "unset: 1"
+    TenantStore(tenants_table).create_tenant(
+        name="w", usage_key_id="k", usage_key_value="v", tenant_id=tenant
+    )
+    outputs = {"TenantsTableName": tenants_table, "UsagePlanId": "plan", "LimitsTableName": limits_table}
+    deployment = admin.from_outputs(outputs, apigateway=None)
 
-    deployment = admin.Deployment(tenants_table, "plan", apigateway=None)
-    shown = admin.run(admin._parser().parse_args(["shares", "set", tenant, "2.5"]), deployment)
+    shown = admin_run(deployment, "shares", "set", tenant, "2.5")
 
     assert shown == {"tenant": tenant, "share_weight": 2.5}
-    assert store.share_weight(tenant) == 2.5
-    for name in ("JOBS_TABLE", "IDEMPOTENCY_TABLE", "LIMITS_TABLE", "DATA_BUCKET", "TOPIC_ARN"):
-        monkeypatch.setenv(name, "unused")
-    monkeypatch.setenv("XAI_API_KEY_SECRET", "unused")
-    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", "unused")
-    monkeypatch.setenv("TENANTS_TABLE", tenants_table)
-    get_settings.cache_clear()
-    monkeypatch.setattr(upstream, "_weights", {})
-    try:
-        assert upstream.share_weight(tenant) == 2.5
-        assert upstream.share_weight(unique("unknown")) == 1.0
-    finally:
-        get_settings.cache_clear()
+    shares = FairShare(limits_table, upstream.CHAT_SCOPE)
+    assert shares.weight(tenant) == 2.5
+    assert shares.weight(unique("unknown")) == 1.0
 
 
-@pytest.mark.parametrize("weight", [0, -1, 1001])
-def test_a_weight_out_of_range_or_of_an_unknown_tenant_is_refused(tenants_table, unique, weight):
+@pytest.mark.parametrize(
+    "argv", [["nobody", "2"], ["{tenant}", "0"], ["{tenant}", "-1"], ["{tenant}", "1001"]]
+)
+def test_a_weight_out_of_range_or_of_an_unknown_tenant_is_refused_by_the_admin_command(
+    tenants_table, limits_table, unique, argv
+):
+    from xjobs import admin
     from xjobs.tenants import TenantError, TenantStore
 
-    store = TenantStore(tenants_table)
     tenant = unique("weighted")
-    store.create_tenant(name="w", usage_key_id="k", usage_key_value="v", tenant_id=tenant)
-    with pytest.raises(TenantError, match="weight"):
-        store.set_share_weight(tenant, weight)
-    with pytest.raises(TenantError, match="no tenant"):
-        store.set_share_weight(unique("nobody"), 2)
+    TenantStore(tenants_table).create_tenant(
+        name="w", usage_key_id="k", usage_key_value="v", tenant_id=tenant
+    )
+    deployment = admin.Deployment(tenants_table, "plan", None, limits_table)
+    with pytest.raises(TenantError, match="weight|no tenant"):
+        admin_run(deployment, "shares", "set", *[a.format(tenant=tenant) for a in argv])
+    assert FairShare(limits_table, upstream.CHAT_SCOPE).weight(tenant) == 1.0

@@ -84,9 +84,12 @@ def burst(limits_table: str, scope: str, per_second: float, callers: int) -> lis
 
 def test_twenty_concurrent_callers_in_one_window_get_exactly_five_grants(limits_table, unique):
     # Given a scope allowing 5 per second, when 20 callers ask at once within one window
-    scope = unique("burst")
-    results = burst(limits_table, scope, 5, callers=20)
-    windows = {math.floor(t) for started, ended, _ in results for t in (started, ended)}
+    for _ in range(3):  # a loaded machine may spread the burst over a window edge: try again
+        scope = unique("burst")
+        results = burst(limits_table, scope, 5, callers=20)
+        windows = {math.floor(t) for started, ended, _ in results for t in (started, ended)}
+        if len(windows) == 1:
+            break
     assert len(windows) == 1, "precondition: the burst must fit in one window (the host was too slow)"
     (window,) = windows
 
@@ -108,14 +111,16 @@ def test_twenty_concurrent_callers_in_one_window_get_exactly_five_grants(limits_
 
 def test_half_a_request_per_second_allows_one_per_two_second_window(limits_table, unique):
     limiter = RateLimiter(limits_table, unique("slow"), 0.5)
-    leave_time_in_window(2.0, needed=0.5)
-
-    before = time.time()
-    first = limiter.try_acquire()
-    second = limiter.try_acquire()
-    after = time.time()
-
-    window_closes = (math.floor(before / 2.0) + 1) * 2.0
+    for _ in range(3):  # on a loaded machine the two calls may straddle a window edge: measure again
+        leave_time_in_window(2.0, needed=1.5)
+        before = time.time()
+        first = limiter.try_acquire()
+        second = limiter.try_acquire()
+        after = time.time()
+        window_closes = (math.floor(before / 2.0) + 1) * 2.0
+        if after < window_closes:
+            break
+        time.sleep(second + 0.02)
     assert first == 0.0
     assert 0 < second <= 2.0
     assert before + second <= window_closes <= after + second, "refused until the 2 s window closes"

@@ -16,6 +16,7 @@ from xjobs.notify import (
     check_webhook_url,
     deliver_webhook,
     sign,
+    signature_header,
     verify,
 )
 
@@ -84,6 +85,39 @@ def test_a_timestamp_that_is_not_a_whole_number_does_not_verify(timestamp):
 @pytest.mark.parametrize("signature", ["", "v1=", "v1=" + "0" * 64, "garbage"])
 def test_a_wrong_signature_does_not_verify(signature):
     assert verify(SECRET, now(), BODY, signature) is False
+
+
+# -- two secrets (a rotation's grace period) ------------------------------------------------------
+
+NEW, OLD = "whsec_new-unit-test", "whsec_old-unit-test"
+
+
+def test_the_header_carries_one_signature_per_secret_newest_first():
+    timestamp = now()
+
+    header = signature_header([NEW, OLD], timestamp, BODY)
+
+    assert header == f"{sign(NEW, timestamp, BODY)},{sign(OLD, timestamp, BODY)}"
+    assert signature_header([NEW], timestamp, BODY) == sign(NEW, timestamp, BODY)  # the old format
+
+
+def test_during_a_rotation_either_secret_verifies_and_no_other_does():
+    timestamp = now()
+    header = signature_header([NEW, OLD], timestamp, BODY)
+
+    assert verify(NEW, timestamp, BODY, header) is True
+    assert verify(OLD, timestamp, BODY, header) is True
+    assert verify("whsec_another-tenant", timestamp, BODY, header) is False
+    assert verify(NEW, timestamp, BODY.replace(b"job_1", b"job_2"), header) is False
+    assert verify(OLD, str(int(timestamp) - 1), BODY, header) is False
+
+
+def test_spaces_around_the_signatures_are_tolerated_and_a_bare_comma_is_not_a_pass():
+    timestamp = now()
+
+    assert verify(OLD, timestamp, BODY, f"{sign(NEW, timestamp, BODY)}, {sign(OLD, timestamp, BODY)}")
+    assert verify(NEW, timestamp, BODY, ",") is False
+    assert verify(NEW, timestamp, BODY, f"{sign(OLD, timestamp, BODY)},") is False
 
 
 def test_a_non_ascii_signature_header_is_refused_not_raised():
@@ -243,7 +277,7 @@ def deliver(url: str, message: dict, **options) -> None:
     options = {
         "event": "job.finished",
         "event_id": "evt_job_1",
-        "secret": SECRET,
+        "secrets": [SECRET],
         "allow_loopback": True,
     } | options
     deliver_webhook(url, message, **options)
@@ -265,6 +299,16 @@ def test_delivery_posts_the_message_signed_and_the_receiver_can_verify_it(http_p
     assert abs(int(timestamp) - time.time()) < 5
     assert verify(SECRET, timestamp, request.body, request.headers[SIGNATURE_HEADER]) is True
     assert verify("another-secret", timestamp, request.body, request.headers[SIGNATURE_HEADER]) is False
+
+
+def test_a_delivery_during_a_rotation_is_signed_with_both_secrets(http_peer):
+    deliver(http_peer.url + "/hook", {"id": "evt_job_1"}, secrets=[NEW, OLD])
+
+    request = http_peer.received[0]
+    timestamp, header = request.headers[TIMESTAMP_HEADER], request.headers[SIGNATURE_HEADER]
+    assert header.count("v1=") == 2
+    assert header == signature_header([NEW, OLD], timestamp, request.body)
+    assert verify(NEW, timestamp, request.body, header) and verify(OLD, timestamp, request.body, header)
 
 
 def test_delivery_connects_to_the_address_it_checked_with_the_name_as_host(http_peer):

@@ -39,6 +39,7 @@ class Deployment:
     tenants_table: str
     usage_plan_id: str  # the stack's default plan: every tenant starts in it
     apigateway: object
+    limits_table: str = ""  # the shared limits and the tenants' fair-share weights
 
     @property
     def tenants(self) -> TenantStore:
@@ -47,7 +48,12 @@ class Deployment:
 
 def from_outputs(outputs: dict, apigateway) -> Deployment:
     try:
-        return Deployment(outputs["TenantsTableName"], outputs["UsagePlanId"], apigateway)
+        return Deployment(
+            outputs["TenantsTableName"],
+            outputs["UsagePlanId"],
+            apigateway,
+            outputs.get("LimitsTableName", ""),
+        )
     except KeyError as missing:
         raise TenantError(f"the stack has no output {missing}: is it an xjobs stack?") from None
 
@@ -151,6 +157,21 @@ def reset_limits(dep: Deployment, tenant_id: str) -> dict:
     return show_limits(dep, tenant_id)
 
 
+def set_share_weight(dep: Deployment, tenant_id: str, weight: float) -> dict:
+    """The tenant's weight in the fair shares of the chat limit (limiter.FairShare; 1 by default)."""
+    from .limiter import FairShare
+    from .upstream import CHAT_SCOPE
+
+    dep.tenants.get_tenant(tenant_id)
+    if not dep.limits_table:
+        raise TenantError("the stack has no output LimitsTableName: update it to this version first")
+    try:
+        FairShare(dep.limits_table, CHAT_SCOPE).set_weight(tenant_id, weight)
+    except ValueError as exc:
+        raise TenantError(str(exc)) from None
+    return {"tenant": tenant_id, "share_weight": weight}
+
+
 def _delete_plan(dep: Deployment, plan: dict) -> None:
     # AWS refuses to delete a plan that still has API stages.
     stages = [f"{s['apiId']}:{s['stage']}" for s in plan.get("apiStages", [])]
@@ -163,7 +184,9 @@ def _delete_plan(dep: Deployment, plan: dict) -> None:
 
 
 def _public(item: dict) -> dict:
-    return {k: v for k, v in item.items() if k not in ("id", "kind", "usage_key_value")}
+    # The tenant's webhook secrets are its own, read through the API: never printed here.
+    hidden = ("id", "kind", "usage_key_value")
+    return {k: v for k, v in item.items() if k not in hidden and not k.startswith("webhook_secret")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,8 +253,7 @@ def run(args: argparse.Namespace, dep: Deployment) -> dict | list:
         case "limits", "show":
             return show_limits(dep, args.tenant)
         case "shares", "set":
-            tenant = dep.tenants.set_share_weight(args.tenant, args.weight)
-            return {"tenant": args.tenant, "share_weight": tenant["share_weight"]}
+            return set_share_weight(dep, args.tenant, args.weight)
     raise TenantError(f"unknown command {args.topic} {args.command}")
 
 

@@ -10,6 +10,7 @@ from .models import BadRequest, parse_job_request
 from .observability import logger
 from .settings import get_settings
 from .submission import IdempotencyKeyReused, RequestInProgress, submit_job
+from .tenants import TenantError
 from .upstream import account
 from .views import job_view
 from .xai import DEFERRED_CHAT, VIDEO_EDIT, VIDEO_GENERATION
@@ -172,6 +173,10 @@ def register_error_handlers(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(batches.BatchNotFound)
     def batch_not_found(exc: batches.BatchNotFound):
         return error(404, "not_found", f"no batch {exc.args[0]}")
+
+    @app.exception_handler(TenantError)
+    def no_tenant(exc: TenantError):
+        return error(404, "not_found", str(exc))
 
     @app.exception_handler(FileNotFound)
     def file_not_found(exc: FileNotFound):

@@ -34,7 +34,7 @@ from . import aws, batches
 from .batch_lines import BadLine, custom_id_of, error_line, estimated_tokens, parse_line
 from .observability import logger, metric
 from .settings import get_settings
-from .upstream import fair_share, share_weight
+from .upstream import fair_share
 
 CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 8 << 20
@@ -367,7 +367,7 @@ class _Sender:
         if entries:
             # The tenant has work waiting from now on: the workers running other tenants' work leave it
             # its share at once, before its first request reaches a worker (limiter.FairShare).
-            fair_share().heartbeat(self.tenant, share_weight(self.tenant))
+            fair_share().heartbeat(self.tenant)
         for _ in range(5):
             if not entries:
                 return

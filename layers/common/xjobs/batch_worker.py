@@ -53,7 +53,6 @@ from .upstream import (
     learn_limits,
     rate_limited,
     secret,
-    share_weight,
     tenant_limiter,
 )
 from .xai import XaiAccountBlocked, XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable, rate_limit_backoff
@@ -183,9 +182,8 @@ class _Work:
         if to_run:
             shares = fair_share()
             for tenant in sorted({self._tenant(m) for m in to_run}):
-                weight = share_weight(tenant)
-                shares.heartbeat(tenant, weight)
-                self.tenant_limiters[tenant] = tenant_limiter(tenant, shares.share(tenant, weight))
+                shares.heartbeat(tenant)
+                self.tenant_limiters[tenant] = tenant_limiter(tenant, shares.share(tenant))
         # One limiter call for the whole SQS batch when it fits the window; else one per request.
         self.admitted = (
             bool(to_run)

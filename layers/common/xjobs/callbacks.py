@@ -3,8 +3,11 @@ their own). A callback is a hint, never trusted for the result: it records the n
 wakes its parked loop, which asks xAI.
 
 A callback must carry the job's token (HMAC with the callback secret, bound to the job and expiring
-an hour after its deadline, see notify.callback_token), must name the job's xAI request once the job
-has one, and a job takes one callback a second and CALLBACKS_PER_JOB in all.
+an hour after its deadline, see notify.callback_token) and name an xAI request (`request_id`, or `id`)
+in its body: the job's, once the job has one. (The token is made before the submit, when the request
+id is not known yet, so a callback that beats the submit's answer names a request the job cannot
+check: it only makes the loop poll sooner.) A job takes one callback a second and CALLBACKS_PER_JOB in
+all.
 """
 
 import json
@@ -16,6 +19,7 @@ from aws_lambda_powertools.event_handler.router import Router
 from . import jobs
 from .api import TooManyCallbacks
 from .loop import wake
+from .models import BadRequest
 from .notify import check_callback_token
 from .settings import get_settings
 from .upstream import secret
@@ -38,7 +42,9 @@ def upstream_callback(job_id: str):
     if job is None:
         raise jobs.JobNotFound(job_id)
     named = _request_id(router.current_event.body)
-    if named and job.get("xai_request_id") and named != job["xai_request_id"]:
+    if not named:
+        raise BadRequest("field 'request_id': a callback names the xAI request it is about")
+    if job.get("xai_request_id") and named != job["xai_request_id"]:
         logger.warning("callback for another xAI request", extra={"job_id": job_id})
         raise jobs.JobNotFound(job_id)
     try:

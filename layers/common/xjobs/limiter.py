@@ -367,13 +367,18 @@ def fair_shares(weights: "dict[str, float]", cap: float = 1.0) -> "dict[str, flo
     return shares
 
 
-class FairShare:
-    """Which tenants have work waiting, in one item of the limits table, and each one's share.
+MAX_WEIGHT = 1000.0
 
-    A tenant's worker (and its batch's ingest) beats its heartbeat when it takes work: an attribute of
-    the item per tenant, ``{until, weight}``. A tenant whose heartbeat is older than ``active_seconds``,
-    or whose batch just ended, has nothing waiting and takes no share. Each container reads the item at
-    most once a second.
+
+class FairShare:
+    """Which tenants have work waiting, and their weights, in one item of the limits table; each
+    tenant's share.
+
+    A tenant's worker (and its batch's ingest) beats its heartbeat when it takes work: an attribute
+    ``t#<tenant>`` of the item holding the time it lapses. A tenant whose heartbeat lapsed
+    (``active_seconds`` after the last beat), or whose batch just ended, has nothing waiting and takes
+    no share. ``w#<tenant>`` holds the tenant's weight when an operator set one (1 otherwise). Each
+    container reads the item at most once a second.
     """
 
     def __init__(self, table_name: str, scope: str, cap: float = 1.0, active_seconds: float = ACTIVE_SECONDS):
@@ -383,29 +388,28 @@ class FairShare:
         self.key = {"id": f"{scope}#tenants"}
         self.cap = cap
         self.active_seconds = active_seconds
-        self._cached: dict[str, tuple[float, float]] = {}  # tenant -> (until, weight)
+        self._until: dict[str, float] = {}  # tenant -> when its heartbeat lapses
+        self._weights: dict[str, float] = {}
         self._read_at = -SHARES_READ_SECONDS
-        self._beaten: dict[str, tuple[float, float]] = {}  # tenant -> (monotonic time, weight) of our beat
+        self._beaten: dict[str, tuple[float, float]] = {}  # tenant -> (monotonic time, until) of our beat
 
-    def heartbeat(self, tenant: str, weight: float = 1.0) -> None:
+    def heartbeat(self, tenant: str) -> None:
         """The tenant has work waiting (at most one write a second per tenant from this container)."""
         from decimal import Decimal
 
         now = time.monotonic()
         last = self._beaten.get(tenant)
-        if last and last[1] == weight and now - last[0] < min(1.0, self.active_seconds / 4):
+        if last and now - last[0] < min(1.0, self.active_seconds / 4):
             return
         until = time.time() + self.active_seconds
         aws.table(self.table_name).update_item(
             Key=self.key,
-            UpdateExpression="SET #tenant = :entry",
+            UpdateExpression="SET #tenant = :until",
             ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
-            ExpressionAttributeValues={
-                ":entry": {"until": Decimal(f"{until:.3f}"), "weight": Decimal(str(weight))}
-            },
+            ExpressionAttributeValues={":until": Decimal(f"{until:.3f}")},
         )
-        self._beaten[tenant] = (now, weight)
-        self._cached[tenant] = (until, weight)
+        self._beaten[tenant] = (now, until)
+        self._until[tenant] = until
 
     def finished(self, tenant: str) -> None:
         """A batch of the tenant ended: the tenant has nothing waiting, unless another of its batches
@@ -416,34 +420,54 @@ class FairShare:
             ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
         )
         self._beaten.pop(tenant, None)
-        self._cached.pop(tenant, None)
+        self._until.pop(tenant, None)
+
+    def set_weight(self, tenant: str, weight: float) -> None:
+        """The tenant's weight from now on (1: the default); every worker sees it within a second."""
+        from decimal import Decimal
+
+        if not 0 < weight <= MAX_WEIGHT:
+            raise ValueError(f"a share weight is over 0 and at most {MAX_WEIGHT:g}, not {weight:g}")
+        aws.table(self.table_name).update_item(
+            Key=self.key,
+            UpdateExpression="SET #weight = :weight",
+            ExpressionAttributeNames={"#weight": f"w#{tenant}"},
+            ExpressionAttributeValues={":weight": Decimal(str(weight))},
+        )
+        self._read_at = -SHARES_READ_SECONDS
+
+    def weight(self, tenant: str) -> float:
+        self._read()
+        return self._weights.get(tenant, 1.0)
 
     def active(self, *, fresh: bool = False) -> "dict[str, float]":
         """The weights of the tenants with work waiting now."""
-        now = time.monotonic()
-        if fresh or now - self._read_at >= SHARES_READ_SECONDS:
-            item = aws.table(self.table_name).get_item(Key=self.key).get("Item") or {}
-            entries = {
-                name[2:]: (float(value["until"]), float(value.get("weight", 1)))
-                for name, value in item.items()
-                if name.startswith("t#") and isinstance(value, dict) and "until" in value
-            }
-            # Our own beats stand even if the (eventually consistent) read does not show them yet.
-            for tenant, (until, weight) in self._cached.items():
-                if tenant in self._beaten and until > entries.get(tenant, (0.0, 0.0))[0]:
-                    entries[tenant] = (until, weight)
-            self._cached, self._read_at = entries, now
-            self._forget([t for t, (until, _) in entries.items() if until < time.time() - FORGET_SECONDS])
+        self._read(fresh=fresh)
         wall = time.time()
-        return {t: weight for t, (until, weight) in self._cached.items() if until > wall}
+        return {t: self._weights.get(t, 1.0) for t, until in self._until.items() if until > wall}
 
-    def share(self, tenant: str, weight: float = 1.0) -> float:
+    def share(self, tenant: str) -> float:
         """The tenant's share of the account's limit now: 1.0 when it is alone (and not capped)."""
-        weights = self.active() | {tenant: weight}
+        weights = self.active() | {tenant: self.weight(tenant)}
         return fair_shares(weights, self.cap)[tenant]
 
+    def _read(self, *, fresh: bool = False) -> None:
+        now = time.monotonic()
+        if not fresh and now - self._read_at < SHARES_READ_SECONDS:
+            return
+        item = aws.table(self.table_name).get_item(Key=self.key).get("Item") or {}
+        until = {name[2:]: float(value) for name, value in item.items() if name.startswith("t#")}
+        # Our own beats stand even if the (eventually consistent) read does not show them yet.
+        for tenant, (_, beaten) in self._beaten.items():
+            if beaten > until.get(tenant, 0.0) and tenant in self._until:
+                until[tenant] = beaten
+        self._until = until
+        self._weights = {name[2:]: float(value) for name, value in item.items() if name.startswith("w#")}
+        self._read_at = now
+        self._forget([t for t, lapses in until.items() if lapses < time.time() - FORGET_SECONDS])
+
     def _forget(self, tenants: "list[str]") -> None:
-        """Remove entries long past their heartbeat, unless the tenant came back meanwhile."""
+        """Remove heartbeats long lapsed, unless the tenant came back meanwhile."""
         from decimal import Decimal
 
         for tenant in tenants:
@@ -451,11 +475,11 @@ class FairShare:
                 aws.table(self.table_name).update_item(
                     Key=self.key,
                     UpdateExpression="REMOVE #tenant",
-                    ConditionExpression="#tenant.#until < :stale",
-                    ExpressionAttributeNames={"#tenant": f"t#{tenant}", "#until": "until"},
+                    ConditionExpression="#tenant < :stale",
+                    ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
                     ExpressionAttributeValues={":stale": Decimal(f"{time.time() - FORGET_SECONDS:.3f}")},
                 )
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
-            self._cached.pop(tenant, None)
+            self._until.pop(tenant, None)

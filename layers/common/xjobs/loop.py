@@ -13,6 +13,7 @@ from .limiter import RateLimiter
 from .notify import callback_url
 from .observability import logger
 from .settings import get_settings
+from .tenants import TenantError, TenantStore
 from .upstream import account, chat_limiter, rate_limited, secret, xai_client
 from .views import job_view, result_key, video_key
 from .xai import (
@@ -419,7 +420,7 @@ def finish(job_id: str, error: dict | None) -> dict:
                 message,
                 event="job.finished",
                 event_id=event_id,
-                secret=secret(settings.webhook_signing_secret),
+                secrets=_signing_secrets(settings, job["tenant"]),
                 allow_http=settings.allow_http_webhooks,
                 allow_loopback=settings.allow_loopback_webhooks,
             )
@@ -429,6 +430,15 @@ def finish(job_id: str, error: dict | None) -> dict:
             return {"job_id": job_id, "status": job["status"]}
         store.claim(job_id, WEBHOOK_FLAG)
     return {"job_id": job_id, "status": job["status"]}
+
+
+def _signing_secrets(settings, tenant: str) -> list[str]:
+    """The secrets of the job's tenant its webhook is signed with (tenants.py)."""
+    try:
+        return TenantStore(settings.tenants_table).signing_secrets(tenant)
+    except TenantError:
+        # A job from before its tenant had a record: nobody holds a secret that could verify it.
+        raise notify.WebhookRefused("the job's tenant has no record, so no webhook secret") from None
 
 
 # What a tenant sees when the loop stopped on something of ours (a bug): the cause goes to the logs.

@@ -9,8 +9,10 @@ on every attempt, so a receiver drops the one repeat no publisher can rule out (
 reply was lost), as Stripe's webhook receivers do.
 
 Webhook signature: ``X-Xjobs-Signature: v1=<hex>`` where hex is HMAC-SHA256 over
-``"<X-Xjobs-Timestamp>.<raw body>"`` keyed with the deployment's webhook signing secret; the body
-names the event id (also in ``X-Xjobs-Event-Id``).
+``"<X-Xjobs-Timestamp>.<raw body>"`` keyed with the job's tenant's webhook secret (tenants.py); the
+body names the event id (also in ``X-Xjobs-Event-Id``). While the tenant rotates its secret the header
+carries one signature per live secret, newest first, as Stripe's does: ``v1=<hex>,v1=<hex>``; a
+receiver accepts the delivery if any of them is its secret's.
 
 Webhook URLs are checked when a job is submitted and again at delivery: the host is resolved and
 every address must be public (no private, loopback, link-local, multicast, reserved or IPv4-mapped
@@ -122,14 +124,21 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"v1={digest}"
 
 
+def signature_header(secrets: list[str], timestamp: str, body: bytes) -> str:
+    """The X-Xjobs-Signature value: a signature with each secret, in the order given."""
+    return ",".join(sign(secret, timestamp, body) for secret in secrets)
+
+
 def verify(secret: str, timestamp: str, body: bytes, signature: str, *, tolerance_seconds: int = 300) -> bool:
-    """For receivers: check a delivery's signature and that it is fresh."""
+    """For receivers: check that one of a delivery's signatures is made with `secret` and that the
+    delivery is fresh."""
     try:
         age = abs(time.time() - int(timestamp))
     except ValueError:
         return False
     expected = sign(secret, timestamp, body).encode()
-    return age <= tolerance_seconds and hmac.compare_digest(expected, signature.encode())
+    matches = [hmac.compare_digest(expected, part.strip().encode()) for part in signature.split(",")]
+    return age <= tolerance_seconds and any(matches)
 
 
 def callback_token(secret: str, job_id: str, expires: int) -> str:
@@ -253,12 +262,13 @@ def deliver_webhook(
     *,
     event: str,
     event_id: str,
-    secret: str,
+    secrets: list[str],
     allow_http: bool = False,
     allow_loopback: bool = False,
     resolve: Callable = socket.getaddrinfo,
 ) -> None:
-    """POST the signed message to the address the URL's host resolves to now, checked again."""
+    """POST the message, signed with each of `secrets`, to the address the URL's host resolves to now,
+    checked again."""
     import httpx  # only here: most imports of this module (the API, Poll, Park) send no webhook
 
     target = webhook_target(url, allow_http=allow_http, allow_loopback=allow_loopback, resolve=resolve)
@@ -275,7 +285,7 @@ def deliver_webhook(
         EVENT_HEADER: event,
         EVENT_ID_HEADER: event_id,
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: sign(secret, timestamp, body),
+        SIGNATURE_HEADER: signature_header(secrets, timestamp, body),
     }
     pinned = f"{target.scheme}://{address}:{target.port}{target.path}"
     # TLS is checked against the name (SNI and certificate), while the socket goes to the address.

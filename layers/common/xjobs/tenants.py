@@ -9,14 +9,20 @@ The authorizer imports this module on every cold start: boto3's and the job stor
 imported where they are used, not here.
 
 Items (one table, key `id`; index `by-tenant` on `tenant`, `id`):
-    tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value, share_weight?}
+    tenant#<tenant id>  {tenant, kind: "tenant", name, created, usage_key_id, usage_key_value,
+                         webhook_secret, webhook_secret_created, webhook_secret_previous?,
+                         webhook_secret_previous_until?, webhook_secret_rotation?}
     key#<sha256 hex>    {tenant, kind: "key", prefix, name, created, usage_key_value, revoked_at?}
 
-Settings that belong to a tenant (a webhook signing secret, say) go on its `tenant#` item, read by
-`get_tenant`; the API function knows the tenant from `requestContext.authorizer.tenant`.
+Settings that belong to a tenant go on its `tenant#` item, read by `get_tenant`; the API function
+knows the tenant from `requestContext.authorizer.tenant`.
 
-`share_weight` weighs the tenant's share of the account's chat limit against the other tenants with
-work waiting (1 when unset; see limiter.FairShare).
+Webhook secrets. Each tenant signs its webhooks with a secret of its own (`whsec_` and 256 random bits),
+made with the tenant (or, for a tenant from before, on first use). The tenant reads it through the API
+and rotates it there: the new secret signs from then on and the one it replaces keeps signing too, as a
+second signature, until `webhook_secret_previous_until` (a grace period, so receivers switch without
+losing a delivery). Rotating again drops the secret before. The secrets are HMAC keys, kept as they are
+(the table is encrypted at rest): never logged, never in an error.
 
 `usage_key_*` name the tenant's API Gateway API key: never handed to callers, it is what the
 authorizer returns as `usageIdentifierKey` so API Gateway meters the tenant against its usage plan.
@@ -31,8 +37,8 @@ from . import aws
 from .ids import new_id
 
 KEY_SCHEME = "xj-"
+WEBHOOK_SECRET_SCHEME = "whsec_"
 PREFIX_CHARS = 12  # "xj-" and 9 random characters: enough to tell a tenant's keys apart
-MAX_SHARE_WEIGHT = 1000
 TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -46,6 +52,31 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return KEY_SCHEME + secrets.token_urlsafe(32)
+
+
+def new_webhook_secret() -> str:
+    return WEBHOOK_SECRET_SCHEME + secrets.token_urlsafe(32)
+
+
+def webhook_secret_view(tenant: dict, now: float | None = None) -> dict:
+    """A tenant's webhook secrets as the API shows them: the current one and, while a rotation's grace
+    period runs, the one it replaced."""
+    now = time.time() if now is None else now
+    until = tenant.get("webhook_secret_previous_until", 0)
+    rotating = bool(tenant.get("webhook_secret_previous")) and until > now
+    return {
+        "object": "webhook_secret",
+        "secret": tenant["webhook_secret"],
+        "created": tenant["webhook_secret_created"],
+        "previous_secret": tenant["webhook_secret_previous"] if rotating else None,
+        "previous_expires_at": until if rotating else None,
+    }
+
+
+def signing_secrets(tenant: dict, now: float | None = None) -> list[str]:
+    """The secrets a webhook of the tenant is signed with now: the current one first."""
+    view = webhook_secret_view(tenant, now)
+    return [view["secret"]] + ([view["previous_secret"]] if view["previous_secret"] else [])
 
 
 class TenantStore:
@@ -70,7 +101,9 @@ class TenantStore:
             "created": int(time.time()),
             "usage_key_id": usage_key_id,
             "usage_key_value": usage_key_value,
+            "webhook_secret": new_webhook_secret(),
         }
+        item["webhook_secret_created"] = item["created"]
         try:
             self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(id)")
         except ClientError as exc:
@@ -91,23 +124,78 @@ class TenantStore:
             raise TenantError(f"no tenant {tenant_id}")
         return tenant
 
-    def share_weight(self, tenant_id: str) -> float:
-        """The tenant's weight in the fair shares of the chat limit: 1 unless set (an unknown tenant: 1)."""
-        item = self.table.get_item(Key={"id": f"tenant#{tenant_id}"}).get("Item") or {}
-        return float(item.get("share_weight", 1))
+    def webhook_secrets(self, tenant_id: str) -> dict:
+        """The tenant's item, with a webhook secret made now if it has none yet (a tenant from before
+        tenants had one)."""
+        tenant = self.get_tenant(tenant_id)
+        if tenant.get("webhook_secret"):
+            return tenant
+        from botocore.exceptions import ClientError
 
-    def set_share_weight(self, tenant_id: str, weight: float) -> dict:
-        if not 0 < weight <= MAX_SHARE_WEIGHT:
-            raise TenantError(f"a share weight is over 0 and at most {MAX_SHARE_WEIGHT}, not {weight:g}")
-        from decimal import Decimal
+        from .jobs import conditional_failure, plain
 
-        self.get_tenant(tenant_id)
-        self.table.update_item(
-            Key={"id": f"tenant#{tenant_id}"},
-            UpdateExpression="SET share_weight = :weight",
-            ExpressionAttributeValues={":weight": Decimal(str(weight))},
+        try:
+            item = self.table.update_item(
+                Key={"id": f"tenant#{tenant_id}"},
+                UpdateExpression="SET webhook_secret = :secret, webhook_secret_created = :now",
+                ConditionExpression="attribute_exists(id) AND attribute_not_exists(webhook_secret)",
+                ExpressionAttributeValues={":secret": new_webhook_secret(), ":now": int(time.time())},
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
+            return self.get_tenant(tenant_id)  # made by a concurrent first use: that one it is
+        return plain(item)
+
+    def signing_secrets(self, tenant_id: str) -> list[str]:
+        """The secrets the tenant's webhooks are signed with now: the current one first."""
+        return signing_secrets(self.webhook_secrets(tenant_id))
+
+    def rotate_webhook_secret(self, tenant_id: str, grace_seconds: int, request_key: str = "") -> dict:
+        """A new webhook secret for the tenant; the current one keeps signing for `grace_seconds`.
+        A retry with the `request_key` (Idempotency-Key) of the last rotation rotates nothing again.
+        Returns the tenant's item."""
+        tenant = self.webhook_secrets(tenant_id)
+        rotation = hash_key(request_key) if request_key else None
+        if rotation and tenant.get("webhook_secret_rotation") == rotation:
+            return tenant
+        from botocore.exceptions import ClientError
+
+        from .jobs import conditional_failure, plain
+
+        now = int(time.time())
+        values = {
+            ":secret": new_webhook_secret(),
+            ":now": now,
+            ":current": tenant["webhook_secret"],
+            ":until": now + grace_seconds,
+        }
+        update = (
+            "SET webhook_secret = :secret, webhook_secret_created = :now, "
+            "webhook_secret_previous = :current, webhook_secret_previous_until = :until"
         )
-        return self.get_tenant(tenant_id)
+        # The last rotation's Idempotency-Key (hashed), so that only a retry of that one is recognised.
+        if rotation:
+            update += ", webhook_secret_rotation = :rotation"
+            values[":rotation"] = rotation
+        else:
+            update += " REMOVE webhook_secret_rotation"
+        try:
+            item = self.table.update_item(
+                Key={"id": f"tenant#{tenant_id}"},
+                UpdateExpression=update,
+                # Against the secret read: of two rotations at once, one rotates and the other is told
+                # the outcome (rotating twice would end the first secret at once).
+                ConditionExpression="webhook_secret = :current",
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as exc:
+            if not conditional_failure(exc):
+                raise
+            return self.get_tenant(tenant_id)
+        return plain(item)
 
     def list_tenants(self) -> list[dict]:
         from .jobs import plain

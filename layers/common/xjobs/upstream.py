@@ -91,27 +91,6 @@ def tenant_limiter(tenant: str, share: float) -> RateLimiter | None:
     )
 
 
-WEIGHT_READ_SECONDS = 60.0  # how long a container trusts a tenant's weight it read
-_weights: dict[str, tuple[float, float]] = {}  # tenant -> (monotonic time read, weight)
-
-
-def share_weight(tenant: str) -> float:
-    """The tenant's weight in the fair shares (its tenant item's ``share_weight``; 1 by default)."""
-    import time
-
-    read = _weights.get(tenant)
-    if read and time.monotonic() - read[0] < WEIGHT_READ_SECONDS:
-        return read[1]
-    settings = get_settings()
-    weight = 1.0
-    if settings.tenants_table:
-        from .tenants import TenantStore
-
-        weight = TenantStore(settings.tenants_table).share_weight(tenant)
-    _weights[tenant] = (time.monotonic(), weight)
-    return weight
-
-
 def rate_limited(exc, limiter: RateLimiter) -> float:
     """A 429 on a chat call: learn from it; returns how long the caller should hold back at least.
 
