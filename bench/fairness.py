@@ -1,11 +1,12 @@
 """Two tenants, one chat limit: a small batch's time alone and beside another tenant's large batch.
 
 Simulator and stack as batch_throughput's (1,200 requests/min, latency median 0.8 s, 6 workers of 10).
-Tenant "small" runs a 5-line batch alone; then tenant "large" starts a 1,500-line batch (20 s in, its
-lines fill the work queue) and "small" runs the same 5-line batch again. Both timed from the create call
-to `completed`. Ours is the small batch beside the large one; the baseline its time alone: the ratio is
-what the large batch costs the small one (the target: under 3×). Also: the large batch's requests per
-minute while the small one ran (work-conserving: close to the limit), its total time, and lines lost or
+Tenant "small" runs a 5-line batch alone (after a first one, which starts the functions); then tenant
+"large" starts a 1,500-line batch (20 s in, its lines fill the work queue) and "small" runs the same
+5-line batch again. Both timed from the create call to `completed`. Ours is the small batch beside the
+large one; the baseline its time alone: the ratio is what the large batch costs the small one (the
+target: under 3×). Also: the large batch's requests per minute while the small one ran (its share then
+is half the limit, for as long as the small tenant has work waiting), its total time, and lines lost or
 answered twice (none).
 """
 
@@ -101,6 +102,7 @@ def run() -> dict:
         stack.simulator.reset()
         stack.simulator.update(**dataclasses.asdict(SIMULATOR))
         small, large = Tenant(stack, "small"), Tenant(stack, "large")
+        small.run(_small_lines("first"))  # starts the functions: the time alone is a warm one
         alone_started = time.time()
         alone_batch, alone = small.run(_small_lines("alone"))
 
