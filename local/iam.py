@@ -20,12 +20,16 @@ here instead, for every service, in the emulator's request path (local/aws_emula
 - requests with any other credentials (tests, the emulator's event sources and notifications, a user's
   aws CLI) are the operator's and are not restricted.
 
+With XJOBS_IAM_USAGE_LOG set to a file path, each allowed (principal, action, resource) is appended to
+it once per stack as a JSON line: what the functions really call, to keep their policies to that.
+
 Not evaluated: statements with a Condition (left out, so such an Allow grants nothing), resource-based
 policies (the bucket's TLS-only policy, Lambda permissions), permission boundaries and SCPs.
 """
 
 import functools
 import json
+import os
 import re
 import threading
 from collections import Counter
@@ -108,6 +112,9 @@ class Authorizer:
             ok = principal.allows(action, resource)
             with self._lock:
                 (self.calls if ok else self.denied)[call] += 1
+                if ok and self.calls[call] == 1 and os.environ.get("XJOBS_IAM_USAGE_LOG"):
+                    with open(os.environ["XJOBS_IAM_USAGE_LOG"], "a") as log:
+                        log.write(json.dumps([call.principal, call.action, call.resource]) + "\n")
             if not ok and refused is None:
                 refused = call
         if refused is None:

@@ -187,6 +187,7 @@ class LocalStack:
             authorizer.principals[issued["AccessKeyId"]] = Principal(lid, role, self.resources.roles[role])
         state_machines = self.resources.of_type("AWS::StepFunctions::StateMachine")
         self.runtime.use_role_credentials(credentials, {arn: lid for lid, arn in state_machines.items()})
+        self.role_credentials = credentials  # function logical id -> its role's credentials
         self.moto.authorizer = authorizer
         return authorizer
 

@@ -1,6 +1,7 @@
 """The batch sample events in events/ (also for `sam local invoke`) drive the real handlers."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,26 @@ def test_the_finalize_event_of_an_unknown_batch_does_nothing(stack):
         "batch_id": "batch_01JXAMPLE00000000000000000",
         "status": None,
     }
+
+
+def test_a_dead_letter_of_a_running_batch_becomes_its_error_line_with_the_handler_s_own_role(
+    stack, batches, sim
+):
+    """The dead-letter handler only records: it reads neither the xAI key nor the limits, which its role
+    does not allow (the session fails on any refused call)."""
+    sim.update(chat_latency_median=5.0, chat_latency_sigma=0.01)  # the worker still has it out
+    batch = batches.create(jsonl([request_line("late")]))
+    batches.wait(batch["id"], statuses={"in_progress"})
+    event = load("batch_dead_letter.json")
+    message = json.loads(event["Records"][0]["body"])
+    message.update(batch_id=batch["id"], custom_id="late", expires_at=int(time.time()) + 86400)
+    event["Records"][0]["body"] = json.dumps(message)
+    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "30"
+
+    assert stack.runtime.invoke("BatchDeadLetterFunction", event) == {"batchItemFailures": []}
+
+    ended = batches.wait(batch["id"])
+    assert ended["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+    [error] = read_lines(ended["error_file_url"])
+    assert error["custom_id"] == "late" and error["error"]["code"] == "delivery_failed"
+    assert not [c for c in stack.iam.denied if c.principal == "BatchDeadLetterFunction"]

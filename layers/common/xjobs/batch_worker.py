@@ -89,7 +89,7 @@ def handle(event: dict, context) -> dict:
 
 def handle_dead_letters(event: dict, context) -> dict:
     """Messages that used up their receives: each request becomes an error line, so the batch ends."""
-    work = _Work(event.get("Records", []), context)
+    work = _Work(event.get("Records", []), context, runs=False)
     for record in event.get("Records", []):
         message = work.messages[record["messageId"]]
         if message is not None and not work.known.get((message["batch_id"], message["line"]), {}).get("done"):
@@ -146,10 +146,13 @@ class _Work:
     """The messages of one invocation: read together, admitted together when the limiter allows,
     recorded together in one transaction."""
 
-    def __init__(self, records: list, context):
+    def __init__(self, records: list, context, runs: bool = True):
+        """``runs``: whether its requests go to xAI (the dead-letter handler only records error lines,
+        and its role may read neither the xAI key nor the limits)."""
         settings = get_settings()
         self.context = context
         self.settings = settings
+        self.runs = runs
         self.store = batches.BatchStore(settings.batches_table, settings.batch_items_table)
         self.messages = {r["messageId"]: read_message(r["messageId"], r["body"]) for r in records}
         readable = {i: m for i, m in self.messages.items() if m is not None}
@@ -168,7 +171,7 @@ class _Work:
         self.repeats = set(readable) - set(first.values())
         self.message_of = {key: record_id for key, record_id in first.items()}
         unique = [m for i, m in readable.items() if i not in self.repeats]
-        to_run = [m for m in unique if self._verdict(m) is None]
+        to_run = [m for m in unique if self._verdict(m) is None] if runs else []
         # The key is read here, once, not by each of the request threads at a cold start.
         self.xai = _client() if to_run else None
         # While the account is blocked, one request may probe it (see _may_go); the others wait.
@@ -395,8 +398,10 @@ class _Work:
         for batch_id, batch in self.batches.items():
             if self.store.claim_finalize(batch_id):
                 start_finalizer(batch_id)
-                # The other tenants have the tenant's share at once, not when its heartbeat lapses.
-                fair_share().finished(str(batch.get("tenant") or ""))
+                if self.runs:
+                    # The other tenants have the tenant's share at once, not when its heartbeat lapses
+                    # (the dead-letter handler leaves the limits alone: the heartbeat lapses in seconds).
+                    fair_share().finished(str(batch.get("tenant") or ""))
 
     def _send_later(self) -> None:
         queue = get_settings().work_queue_url
