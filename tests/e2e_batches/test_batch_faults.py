@@ -48,16 +48,17 @@ def test_bad_lines_and_duplicate_custom_ids_become_error_lines(batches, sim):
     assert sim.count("/v1/chat/completions") == 2
 
 
-def test_ten_thousand_lines_with_one_percent_bad(batches, sim):
+def test_two_thousand_lines_with_one_percent_bad(batches, sim):
+    # Four ingest checkpoints and hundreds of SQS batches; larger files run in `make bench`.
     lines = []
-    for i in range(10_000):
+    for i in range(2_000):
         lines.append(b'{"custom_id": "broken-%d", ' % i if i % 100 == 7 else request_line(f"r-{i}", f"q{i}"))
-    batch, output, errors = batches.run(lines, timeout=400)
+    batch, output, errors = batches.run(lines, timeout=300)
     assert batch["status"] == "completed", batch
-    assert len(output) == 9_900 and len(errors) == 100
-    assert [o["custom_id"] for o in output] == [f"r-{i}" for i in range(10_000) if i % 100 != 7]
+    assert len(output) == 1_980 and len(errors) == 20
+    assert [o["custom_id"] for o in output] == [f"r-{i}" for i in range(2_000) if i % 100 != 7]
     # Every good line reached xAI once: a copy delivered while the first still ran finds its lease.
-    assert sim.count("/v1/chat/completions", status=200) == 9_900
+    assert sim.count("/v1/chat/completions", status=200) == 1_980
 
 
 def test_a_one_megabyte_body_travels_by_reference(batches, sim):
