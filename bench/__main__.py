@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import batch_throughput, cold_start, cost, many_jobs, poll_callbacks, poll_efficiency
+from . import batch_throughput, cold_start, cost, fairness, many_jobs, poll_callbacks, poll_efficiency
 from .common import RESULTS, ROOT, write_json
 
 # cost prices what the others counted, so it runs last.
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "poll_callbacks": poll_callbacks,
     "many_jobs": many_jobs,
     "batch_throughput": batch_throughput,
+    "fairness": fairness,
     "cost": cost,
 }
 ONE_TIMEOUT_SECONDS = 600  # a benchmark that takes longer (or its TIMEOUT_SECONDS) is stopped and failed

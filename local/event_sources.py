@@ -17,6 +17,10 @@ template gets a poller that does what Lambda's does:
   dead-letter queue, which may have a mapping of its own;
 - retries a throttled invocation until the batch's visibility timeout has passed, as Lambda does.
 
+Fair queues. A standard queue's messages with a MessageGroupId (a tenant) are received as SQS fair queues
+deliver them: a tenant with a large share of the messages in flight waits while the others' messages go
+first (_fair_queues).
+
 S3 notifications. local/cloudformation.py sets each bucket's NotificationConfiguration in moto, and moto
 finds the configurations an object event matches (event type, prefix and suffix rules) in PutObject
 (presigned PUTs included), POST uploads, CopyObject and CompleteMultipartUpload. patch_moto() makes the
@@ -434,6 +438,43 @@ def patch_moto() -> None:
     _patch_s3_notifications()
     _serialize_sqs_queue_updates()
     _speed_up_sqs_scans()
+    _fair_queues()
+
+
+# SQS fair queues: a tenant (MessageGroupId) is a noisy neighbour while it holds more than this share of
+# a standard queue's messages in flight, and at least this many.
+NOISY_SHARE, NOISY_MIN_IN_FLIGHT = 0.10, 30
+
+
+def _fair_queues() -> None:
+    """Standard queues deliver as SQS fair queues do (moto delivers in the order sent): while a message
+    group (a tenant) holds more than 10% of the queue's messages in flight, and at least 30, the other
+    tenants' messages are received first; among noisy tenants, the one with the fewest in flight first.
+    A message without a MessageGroupId is a tenant of its own. (SQS also counts a tenant's share of the
+    consumers' processing time; this emulation counts messages in flight only.)"""
+    from collections import Counter
+
+    from moto.sqs.models import Queue
+
+    in_order = Queue.messages
+
+    def messages(self):
+        visible = in_order.fget(self)
+        if self.fifo_queue or not visible:
+            return visible
+        now = time.time() * 1000
+        in_flight = Counter(m.group_id for m in self._pending_messages if m.group_id and now < m.visible_at)
+        total = sum(in_flight.values())
+        noisy = {
+            group: count
+            for group, count in in_flight.items()
+            if count > NOISY_SHARE * total and count >= NOISY_MIN_IN_FLIGHT
+        }
+        if not noisy:
+            return visible
+        return sorted(visible, key=lambda m: (m.group_id in noisy, noisy.get(m.group_id, 0)))
+
+    Queue.messages = property(messages)
 
 
 def _patch_s3_notifications() -> None:

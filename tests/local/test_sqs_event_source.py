@@ -241,3 +241,37 @@ def test_pollers_stop_promptly(stack):
 
     assert time.monotonic() - started < 3
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_a_standard_queue_delivers_a_quiet_tenants_messages_before_a_noisy_ones_as_fair_queues_do(stack):
+    # A queue of its own, with no mapping: the test receives by hand.
+    sqs = stack.client("sqs")
+    url = sqs.create_queue(QueueName=f"fair-{uuid.uuid4().hex[:8]}", Attributes={"VisibilityTimeout": "60"})[
+        "QueueUrl"
+    ]
+
+    def send_group(group: str, count: int) -> None:
+        for start in range(0, count, 10):
+            entries = [
+                {"Id": str(i), "MessageBody": json.dumps({"group": group}), "MessageGroupId": group}
+                for i in range(min(10, count - start))
+            ]
+            assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+
+    def receive(count: int) -> list[str]:
+        got: list[str] = []
+        while len(got) < count:
+            reply = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, count - len(got)))
+            got += [json.loads(m["Body"])["group"] for m in reply.get("Messages", [])]
+        return got
+
+    # GIVEN a tenant with 29 messages in flight (under SQS's 30): no tenant is noisy, the order is as sent
+    send_group("noisy", 29)
+    assert receive(29) == ["noisy"] * 29
+    send_group("noisy", 5)
+    send_group("quiet", 2)
+    assert receive(1) == ["noisy"]
+
+    # WHEN it holds 30 of the 30 in flight, the quiet tenant's messages, sent after its own, come first
+    assert receive(3) == ["quiet", "quiet", "noisy"]
+    sqs.delete_queue(QueueUrl=url)

@@ -414,10 +414,12 @@ def batch_settings(
     settings.get_settings.cache_clear()
     upstream._chat_rate.cache_clear()
     upstream._account.cache_clear()
+    upstream._fair_share.cache_clear()
     yield settings.get_settings()
     settings.get_settings.cache_clear()
     upstream._chat_rate.cache_clear()
     upstream._account.cache_clear()
+    upstream._fair_share.cache_clear()
 
 
 @dataclass

@@ -10,11 +10,13 @@
     limits set TENANT [--rate R] [--burst B] [--quota N --period DAY|WEEK|MONTH]
     limits reset TENANT                      back to the stack's default usage plan
     limits show TENANT
+    shares set TENANT WEIGHT                 its weight in the fair shares of the chat limit (default 1)
 
 Where: `--stack` reads the CloudFormation stack's outputs (AWS credentials and region from the usual
 environment); without it, the local stack's `.local-stack.json` (its emulator's endpoint too). Each
 tenant has an API Gateway API key of its own, never handed out: the authorizer names it to API Gateway
-so the tenant's usage plan applies. `limits set` moves the tenant to a usage plan of its own.
+so the tenant's usage plan applies. `limits set` moves the tenant to a usage plan of its own. `shares set`
+weighs the tenant's share of the account's chat limit while other tenants have batch work waiting.
 """
 
 import argparse
@@ -37,6 +39,7 @@ class Deployment:
     tenants_table: str
     usage_plan_id: str  # the stack's default plan: every tenant starts in it
     apigateway: object
+    limits_table: str = ""  # the shared limits and the tenants' fair-share weights
 
     @property
     def tenants(self) -> TenantStore:
@@ -45,7 +48,12 @@ class Deployment:
 
 def from_outputs(outputs: dict, apigateway) -> Deployment:
     try:
-        return Deployment(outputs["TenantsTableName"], outputs["UsagePlanId"], apigateway)
+        return Deployment(
+            outputs["TenantsTableName"],
+            outputs["UsagePlanId"],
+            apigateway,
+            outputs.get("LimitsTableName", ""),
+        )
     except KeyError as missing:
         raise TenantError(f"the stack has no output {missing}: is it an xjobs stack?") from None
 
@@ -149,6 +157,21 @@ def reset_limits(dep: Deployment, tenant_id: str) -> dict:
     return show_limits(dep, tenant_id)
 
 
+def set_share_weight(dep: Deployment, tenant_id: str, weight: float) -> dict:
+    """The tenant's weight in the fair shares of the chat limit (limiter.FairShare; 1 by default)."""
+    from .limiter import FairShare
+    from .upstream import CHAT_SCOPE
+
+    dep.tenants.get_tenant(tenant_id)
+    if not dep.limits_table:
+        raise TenantError("the stack has no output LimitsTableName: update it to this version first")
+    try:
+        FairShare(dep.limits_table, CHAT_SCOPE).set_weight(tenant_id, weight)
+    except ValueError as exc:
+        raise TenantError(str(exc)) from None
+    return {"tenant": tenant_id, "share_weight": weight}
+
+
 def _delete_plan(dep: Deployment, plan: dict) -> None:
     # AWS refuses to delete a plan that still has API stages.
     stages = [f"{s['apiId']}:{s['stage']}" for s in plan.get("apiStages", [])]
@@ -199,6 +222,11 @@ def _parser() -> argparse.ArgumentParser:
     limit_set.add_argument("--period", choices=["DAY", "WEEK", "MONTH"], default="DAY")
     limits.add_parser("reset").add_argument("tenant")
     limits.add_parser("show").add_argument("tenant")
+
+    shares = topics.add_parser("shares").add_subparsers(dest="command", required=True)
+    share_set = shares.add_parser("set")
+    share_set.add_argument("tenant")
+    share_set.add_argument("weight", type=float, help="the tenant's weight (default 1; 2: twice the share)")
     return parser
 
 
@@ -224,6 +252,8 @@ def run(args: argparse.Namespace, dep: Deployment) -> dict | list:
             return reset_limits(dep, args.tenant)
         case "limits", "show":
             return show_limits(dep, args.tenant)
+        case "shares", "set":
+            return set_share_weight(dep, args.tenant, args.weight)
     raise TenantError(f"unknown command {args.topic} {args.command}")
 
 

@@ -13,6 +13,9 @@ Duplicate custom_ids are found in DynamoDB, not in memory: each custom_id is cla
 line that has it (a conditional write), so memory does not grow with the file and a resumed ingest
 needs nothing of the lines before its offset.
 
+While it sends, the ingest beats the tenant's heartbeat in the fair shares of the chat limit (see
+batch_worker.py): the tenant has work waiting.
+
 A cancel seen at a checkpoint stops the sending, not the reading: the lines not yet sent, and all the
 rest of the file, become error lines (``batch_cancelled``, or their own error), so output lines +
 error lines = input lines for a cancelled batch too.
@@ -31,6 +34,7 @@ from . import aws, batches
 from .batch_lines import BadLine, custom_id_of, error_line, estimated_tokens, parse_line
 from .observability import logger, metric
 from .settings import get_settings
+from .upstream import fair_share
 
 CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 8 << 20
@@ -254,6 +258,7 @@ class _Sender:
         self.store = store
         self.state = state
         self.cancelled = batch["status"] == batches.CANCELLING
+        self.tenant = str(batch["tenant"])
         self.pending: list[_Line] = []
         self.pending_bytes = 0
         self.messages: list[dict] = []
@@ -333,7 +338,9 @@ class _Sender:
         payload = json.dumps(message, separators=(",", ":"))
         if len(self.messages) == 10 or self.message_bytes + len(payload) > SEND_BATCH_BYTES:
             self._send()
-        self.messages.append({"Id": str(line.line), "MessageBody": payload})
+        # The tenant is the message group: SQS fair queues deliver a quiet tenant's requests before
+        # those of a tenant with a backlog.
+        self.messages.append({"Id": str(line.line), "MessageBody": payload, "MessageGroupId": self.tenant})
         self.queued.append(line)
         self.message_bytes += len(payload)
         self.state["enqueued"] += 1
@@ -357,6 +364,10 @@ class _Sender:
     def _send(self) -> None:
         entries = self.messages
         self.messages, self.queued, self.message_bytes = [], [], 0
+        if entries:
+            # The tenant has work waiting from now on: the workers running other tenants' work leave it
+            # its share at once, before its first request reaches a worker (limiter.FairShare).
+            fair_share().heartbeat(self.tenant)
         for _ in range(5):
             if not entries:
                 return

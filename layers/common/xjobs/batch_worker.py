@@ -13,6 +13,14 @@ are error lines at once. A request that already has its result (SQS delivered it
 to xAI again, and a request is leased before its xAI call, so two copies running at once never both
 call. A message that cannot be read is logged and set aside (deleted); it never holds back the others
 of its SQS batch.
+
+Tenants share the account's limit fairly (limiter.FairShare): each tenant whose requests a worker takes
+(or whose batch is being ingested) counts as having work waiting for a few seconds, and while others
+do too, its requests first go through a limiter of its own at its share of the rate. A request over
+its tenant's share goes back to the queue at once — its worker does not wait for the share, so the
+queue moves on to the other tenants' requests — with a backoff growing from about a second to
+``MAX_SHARE_WAIT_SECONDS``; a tenant that only bunched its requests (under its share over the last
+second) waits the short wait instead. A tenant alone takes the whole rate.
 """
 
 import asyncio
@@ -34,9 +42,19 @@ from aws_lambda_powertools.utilities.batch import (
 from . import aws, batches
 from .batch_ingest import start_finalizer
 from .batch_lines import error_line, result_line
+from .limiter import RateLimiter, jittered
 from .observability import logger, metric
 from .settings import get_settings
-from .upstream import account, chat_limiter, chat_rate, learn_limits, rate_limited, secret
+from .upstream import (
+    account,
+    chat_limiter,
+    chat_rate,
+    fair_share,
+    learn_limits,
+    rate_limited,
+    secret,
+    tenant_limiter,
+)
 from .xai import XaiAccountBlocked, XaiClient, XaiRateLimited, XaiRejected, XaiUnavailable, rate_limit_backoff
 
 MAX_BACKOFF_SECONDS = 60
@@ -46,6 +64,7 @@ LEASE_MARGIN_SECONDS = RESULT_MARGIN_SECONDS + 5  # a lease ends after the invoc
 REPEAT_RETURN_SECONDS = 10  # a second copy of a message in one invocation waits for the first's result
 MAX_DELAY_SECONDS = 900  # SQS's longest DelaySeconds
 SHORT_WAIT_SECONDS = 1.0  # a request waits for the limiter in the worker this long at most
+MAX_SHARE_WAIT_SECONDS = 8.0  # the longest backoff of a request over its tenant's fair share
 _requests = ThreadPoolExecutor(max_workers=32, thread_name_prefix="batch-request")
 
 
@@ -133,6 +152,7 @@ class _Work:
         settings = get_settings()
         self.context = context
         self.settings = settings
+        self.runs = runs
         self.store = batches.BatchStore(settings.batches_table, settings.batch_items_table)
         self.messages = {r["messageId"]: read_message(r["messageId"], r["body"]) for r in records}
         readable = {i: m for i, m in self.messages.items() if m is not None}
@@ -158,12 +178,25 @@ class _Work:
         self.blocked = account().blocked() if to_run else None
         self._probe: bool | None = None
         self.limiter = chat_limiter() if to_run else None
+        # Each tenant with requests to run has work waiting; one with less than the whole rate (others
+        # have work waiting too) goes through a limiter of its own first.
+        self.tenant_limiters: dict[str, RateLimiter | None] = {}
+        self._tenant_busy: dict[str, bool] = {}
+        if to_run:
+            shares = fair_share()
+            for tenant in sorted({self._tenant(m) for m in to_run}):
+                shares.heartbeat(tenant)
+                self.tenant_limiters[tenant] = tenant_limiter(tenant, shares.share(tenant))
         # One limiter call for the whole SQS batch when it fits the window; else one per request.
         self.admitted = (
             bool(to_run)
             and self.blocked is None
+            and not any(self.tenant_limiters.values())
             and not self.limiter.try_acquire(tokens=sum(m["tokens"] for m in to_run), requests=len(to_run))
         )
+
+    def _tenant(self, message: dict) -> str:
+        return str((self.batches.get(message["batch_id"]) or {}).get("tenant") or "")
 
     def _verdict(self, message: dict) -> tuple[str, str] | str | None:
         """Why a message is not sent to xAI ("done", "unknown", or an error line's code and text)."""
@@ -202,7 +235,12 @@ class _Work:
             self._later(message, account().pause_seconds(), "the xAI account is blocked")
             return
         if not self.admitted:
-            wait = self._admit(message["tokens"])
+            over_share = self._over_share(message)
+            if over_share:
+                count = message.get("over_share", 0) + 1
+                self._later(message, over_share, "over its tenant's fair share", over_share=count)
+                return
+            wait = self._admit(self.limiter, message["tokens"])
             if wait:
                 if self.limiter.busy():
                     chat_rate().grow()  # held back, the rate used, no 429: the demand is above it
@@ -258,15 +296,35 @@ class _Work:
         )
         self._keep(message, True, line, "ok")
 
-    def _admit(self, tokens: int) -> float:
+    def _admit(self, limiter: RateLimiter, tokens: int, wait: float | None = None) -> float:
         """The limiter's answer for one request; a wait of less than ``SHORT_WAIT_SECONDS`` is waited
         here — the invocation lasts as long as its slowest request anyway — rather than by a message."""
         deadline = time.monotonic() + SHORT_WAIT_SECONDS
-        wait = self.limiter.try_acquire(tokens=tokens)
+        if wait is None:
+            wait = limiter.try_acquire(tokens=tokens)
         while wait and time.monotonic() + wait < deadline:
             time.sleep(wait + random.uniform(0, 0.02))
-            wait = self.limiter.try_acquire(tokens=tokens)
+            wait = limiter.try_acquire(tokens=tokens)
         return wait
+
+    def _over_share(self, message: dict) -> float:
+        """0.0 if the request fits its tenant's fair share (or the tenant has the whole rate), else how
+        long it waits: a tenant that used its share over the last second waits as a message, at once,
+        so this worker takes no time from the other tenants' requests behind it in the queue."""
+        tenant = self._tenant(message)
+        limiter = self.tenant_limiters.get(tenant)
+        if limiter is None:
+            return 0.0
+        wait = limiter.try_acquire(tokens=message["tokens"])
+        if not wait:
+            return 0.0
+        with self._lock:
+            if tenant not in self._tenant_busy:
+                self._tenant_busy[tenant] = limiter.busy()
+            busy = self._tenant_busy[tenant]
+        if not busy and not self._admit(limiter, message["tokens"], wait):
+            return 0.0
+        return share_backoff(message.get("over_share", 0))
 
     def _may_probe(self) -> bool:
         """While the account is blocked, at most one request of all workers goes per probe interval."""
@@ -337,9 +395,13 @@ class _Work:
         for code, count in Counter(r["code"] for r in self.results).items():
             metric("BatchLines", count, Outcome=code)
         self._send_later()
-        for batch_id in self.batches:
+        for batch_id, batch in self.batches.items():
             if self.store.claim_finalize(batch_id):
                 start_finalizer(batch_id)
+                if self.runs:
+                    # The other tenants have the tenant's share at once, not when its heartbeat lapses
+                    # (the dead-letter handler leaves the limits alone: the heartbeat lapses in seconds).
+                    fair_share().finished(str(batch.get("tenant") or ""))
 
     def _send_later(self) -> None:
         queue = get_settings().work_queue_url
@@ -350,6 +412,8 @@ class _Work:
                     "Id": str(i),
                     "MessageBody": json.dumps(message, separators=(",", ":")),
                     "DelaySeconds": min(MAX_DELAY_SECONDS, max(1, math.ceil(seconds))),
+                    # The tenant is the message group, as the ingest sends it (SQS fair queues).
+                    **({"MessageGroupId": tenant} if (tenant := self._tenant(message)) else {}),
                 }
                 for i, (message, seconds) in enumerate(waiting[start : start + 10])
             ]
@@ -362,6 +426,13 @@ class _Work:
                 time.sleep(0.2)
             else:
                 raise RuntimeError(f"SQS refused {len(entries)} waiting requests five times")
+
+
+def share_backoff(times_over: int) -> float:
+    """The wait of a request over its tenant's share for the ``times_over + 1``-th time: about a second,
+    doubling, up to ``MAX_SHARE_WAIT_SECONDS`` (a long wait costs the tenant nothing: its share goes to
+    its other requests meanwhile)."""
+    return jittered(min(MAX_SHARE_WAIT_SECONDS, 2.0 ** min(times_over, 10)))
 
 
 def _return_later(record, seconds: float) -> None:

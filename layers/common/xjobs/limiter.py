@@ -39,11 +39,13 @@ class RateLimiter:
         *,
         epoch: int = 0,
         window_seconds: float = 1.0,
+        metric_scope: str | None = None,
     ):
         if per_second <= 0 or (tokens_per_second is not None and tokens_per_second <= 0):
             raise ValueError("per_second and tokens_per_second must be positive")
         self.table = aws.table(table_name)
         self.scope = scope
+        self.metric_scope = metric_scope or scope  # the metrics' Scope dimension (no tenant ids in it)
         self.per_second = per_second
         self.epoch = epoch  # the AdaptiveRate epoch these limits come from (see AdaptiveRate.cut)
         self.last_window: int | None = None  # the window of the last admission
@@ -88,7 +90,7 @@ class RateLimiter:
                 if requests == 1:  # a refused group is asked for again request by request: counted there
                     emit(
                         {"LimiterWaits": (1, "Count"), "LimiterWaitSeconds": (wait, "Seconds")},
-                        Scope=self.scope,
+                        Scope=self.metric_scope,
                     )
                 return wait
             raise
@@ -337,3 +339,147 @@ class AdaptiveRate:
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
     return seconds * random.uniform(1 - spread, 1 + spread)
+
+
+# -- fair shares between tenants ---------------------------------------------------------------------
+
+ACTIVE_SECONDS = 5.0  # a tenant has work waiting this long after its last heartbeat
+SHARES_READ_SECONDS = 1.0  # how stale a container's copy of the active tenants may be
+FORGET_SECONDS = 300.0  # an entry this long past its heartbeat is removed from the item
+
+
+def fair_shares(weights: "dict[str, float]", cap: float = 1.0) -> "dict[str, float]":
+    """Each tenant's share of the account's limit: its weight over the weights of all the tenants with
+    work waiting, none above ``cap`` (a share of the limit); what a capped tenant cannot take goes to the
+    others by their weights (weighted max-min fairness). A tenant alone gets ``cap`` (1.0: everything)."""
+    shares: dict[str, float] = {}
+    left, uncapped = 1.0, {t: w for t, w in weights.items() if w > 0}
+    while uncapped:
+        total = sum(uncapped.values())
+        capped = {t for t, w in uncapped.items() if left * w / total > cap}
+        if not capped:
+            shares |= {t: left * w / total for t, w in uncapped.items()}
+            break
+        for tenant in capped:
+            shares[tenant] = cap
+            left -= cap
+            del uncapped[tenant]
+    return shares
+
+
+MAX_WEIGHT = 1000.0
+
+
+class FairShare:
+    """Which tenants have work waiting, and their weights, in one item of the limits table; each
+    tenant's share.
+
+    A tenant's worker (and its batch's ingest) beats its heartbeat when it takes work: an attribute
+    ``t#<tenant>`` of the item holding the time it lapses. A tenant whose heartbeat lapsed
+    (``active_seconds`` after the last beat), or whose batch just ended, has nothing waiting and takes
+    no share. ``w#<tenant>`` holds the tenant's weight when an operator set one (1 otherwise). Each
+    container reads the item at most once a second.
+    """
+
+    def __init__(self, table_name: str, scope: str, cap: float = 1.0, active_seconds: float = ACTIVE_SECONDS):
+        if not 0 < cap <= 1:
+            raise ValueError("cap must be a share of the limit, over 0 and at most 1")
+        self.table_name = table_name
+        self.key = {"id": f"{scope}#tenants"}
+        self.cap = cap
+        self.active_seconds = active_seconds
+        self._until: dict[str, float] = {}  # tenant -> when its heartbeat lapses
+        self._weights: dict[str, float] = {}
+        self._read_at = -SHARES_READ_SECONDS
+        self._beaten: dict[str, tuple[float, float]] = {}  # tenant -> (monotonic time, until) of our beat
+
+    def heartbeat(self, tenant: str) -> None:
+        """The tenant has work waiting (at most one write a second per tenant from this container)."""
+        from decimal import Decimal
+
+        now = time.monotonic()
+        last = self._beaten.get(tenant)
+        if last and now - last[0] < min(1.0, self.active_seconds / 4):
+            return
+        until = time.time() + self.active_seconds
+        aws.table(self.table_name).update_item(
+            Key=self.key,
+            UpdateExpression="SET #tenant = :until",
+            ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
+            ExpressionAttributeValues={":until": Decimal(f"{until:.3f}")},
+        )
+        self._beaten[tenant] = (now, until)
+        self._until[tenant] = until
+
+    def finished(self, tenant: str) -> None:
+        """A batch of the tenant ended: the tenant has nothing waiting, unless another of its batches
+        runs — whose next heartbeat (within a second or so) counts it in again."""
+        aws.table(self.table_name).update_item(
+            Key=self.key,
+            UpdateExpression="REMOVE #tenant",
+            ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
+        )
+        self._beaten.pop(tenant, None)
+        self._until.pop(tenant, None)
+
+    def set_weight(self, tenant: str, weight: float) -> None:
+        """The tenant's weight from now on (1: the default); every worker sees it within a second."""
+        from decimal import Decimal
+
+        if not 0 < weight <= MAX_WEIGHT:
+            raise ValueError(f"a share weight is over 0 and at most {MAX_WEIGHT:g}, not {weight:g}")
+        aws.table(self.table_name).update_item(
+            Key=self.key,
+            UpdateExpression="SET #weight = :weight",
+            ExpressionAttributeNames={"#weight": f"w#{tenant}"},
+            ExpressionAttributeValues={":weight": Decimal(str(weight))},
+        )
+        self._read_at = -SHARES_READ_SECONDS
+
+    def weight(self, tenant: str) -> float:
+        self._read()
+        return self._weights.get(tenant, 1.0)
+
+    def active(self, *, fresh: bool = False) -> "dict[str, float]":
+        """The weights of the tenants with work waiting now."""
+        self._read(fresh=fresh)
+        wall = time.time()
+        return {t: self._weights.get(t, 1.0) for t, until in self._until.items() if until > wall}
+
+    def share(self, tenant: str) -> float:
+        """The tenant's share of the account's limit now: 1.0 when it is alone (and not capped)."""
+        weights = self.active() | {tenant: self.weight(tenant)}
+        return fair_shares(weights, self.cap)[tenant]
+
+    def _read(self, *, fresh: bool = False) -> None:
+        now = time.monotonic()
+        if not fresh and now - self._read_at < SHARES_READ_SECONDS:
+            return
+        item = aws.table(self.table_name).get_item(Key=self.key).get("Item") or {}
+        until = {name[2:]: float(value) for name, value in item.items() if name.startswith("t#")}
+        # Our own beats stand even if the (eventually consistent) read does not show them yet.
+        for tenant, (_, beaten) in self._beaten.items():
+            if beaten > until.get(tenant, 0.0) and tenant in self._until:
+                until[tenant] = beaten
+        self._until = until
+        self._weights = {name[2:]: float(value) for name, value in item.items() if name.startswith("w#")}
+        self._read_at = now
+        self._forget([t for t, lapses in until.items() if lapses < time.time() - FORGET_SECONDS])
+
+    def _forget(self, tenants: "list[str]") -> None:
+        """Remove heartbeats long lapsed, unless the tenant came back meanwhile."""
+        from decimal import Decimal
+
+        for tenant in tenants:
+            try:
+                aws.table(self.table_name).update_item(
+                    Key=self.key,
+                    UpdateExpression="REMOVE #tenant",
+                    ConditionExpression="#tenant < :stale",
+                    ExpressionAttributeNames={"#tenant": f"t#{tenant}"},
+                    ExpressionAttributeValues={":stale": Decimal(f"{time.time() - FORGET_SECONDS:.3f}")},
+                )
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+            self._until.pop(tenant, None)

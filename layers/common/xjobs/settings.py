@@ -28,6 +28,7 @@ class Settings(BaseModel):
     video_requests_per_second: float = Field(alias="VIDEO_REQUESTS_PER_SECOND", default=1, gt=0)
     chat_requests_per_minute: int = Field(alias="CHAT_REQUESTS_PER_MINUTE", default=1800, gt=0)
     chat_tokens_per_minute: int = Field(alias="CHAT_TOKENS_PER_MINUTE", default=10_000_000, gt=0)
+    tenant_max_share: float = Field(alias="TENANT_MAX_SHARE", default=1.0, gt=0, le=1)
     account_probe_seconds: float = Field(alias="ACCOUNT_PROBE_SECONDS", default=30, gt=0)
     batches_table: str = Field(alias="BATCHES_TABLE", default="")
     batch_items_table: str = Field(alias="BATCH_ITEMS_TABLE", default="")

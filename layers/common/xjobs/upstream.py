@@ -3,7 +3,7 @@
 from functools import cache
 
 from .account import Account
-from .limiter import CHAT_WINDOW_SECONDS, AdaptiveRate, RateLimiter
+from .limiter import CHAT_WINDOW_SECONDS, AdaptiveRate, FairShare, RateLimiter
 from .settings import get_settings
 from .xai import XaiClient
 
@@ -60,6 +60,34 @@ def chat_limiter() -> RateLimiter:
         rate.tokens_per_minute / 60,
         epoch=rate.epoch,
         window_seconds=CHAT_WINDOW_SECONDS,
+    )
+
+
+@cache
+def _fair_share(table_name: str, cap: float) -> FairShare:
+    return FairShare(table_name, CHAT_SCOPE, cap)
+
+
+def fair_share() -> FairShare:
+    """The tenants with chat work waiting, and each one's share of the chat limits (limiter.FairShare)."""
+    settings = get_settings()
+    return _fair_share(settings.limits_table, settings.tenant_max_share)
+
+
+def tenant_limiter(tenant: str, share: float) -> RateLimiter | None:
+    """The limiter of one tenant's chat requests at its ``share`` of the account's rate, taken before
+    the account's own (chat_limiter); None for a share of the whole rate."""
+    if share >= 1.0:
+        return None
+    rate = chat_rate().read()
+    return RateLimiter(
+        get_settings().limits_table,
+        f"{CHAT_SCOPE}#tenant#{tenant}",
+        rate.requests_per_minute * share / 60,
+        rate.tokens_per_minute * share / 60,
+        epoch=rate.epoch,
+        window_seconds=CHAT_WINDOW_SECONDS,
+        metric_scope=f"{CHAT_SCOPE}#tenant",
     )
 
 
