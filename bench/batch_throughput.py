@@ -275,7 +275,9 @@ def run() -> dict:
     wrong = {}
     for name, configured in WRONG_LIMITS.items():
         print(f"  {name}: ours...", flush=True)
-        wrong[name] = run_wrong_limit(configured)
+        # A stack of its own needs a process of its own (a LocalStack sets process-wide state).
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            wrong[name] = pool.submit(run_wrong_limit, configured).result()
     clean = measured["clean"]["ours"]
     counts, work = clean.pop("cost_counts"), clean.pop("cost_work")
     measured["faults"]["ours"].pop("cost_counts")
