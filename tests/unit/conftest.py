@@ -18,6 +18,7 @@ import pytest
 
 from local.aws_emulator import AwsEmulator
 from local.xai_simulator import SimulatorConfig, XaiSimulator
+from xjobs import batch_ingest
 from xjobs.xai import UpstreamStatus, XaiClient
 
 API_KEY = "sk-unit-test-key-0123456789"
@@ -431,3 +432,29 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return self.remaining_ms
+
+
+def deliveries(queue_url: str) -> list[dict]:
+    """Every message the queue delivers now (each stays in flight for the queue's 720 s)."""
+    sqs = boto3.client("sqs")
+    found = []
+    while True:
+        reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"])
+        if not reply.get("Messages"):
+            return sorted(found, key=lambda m: json.loads(m["Body"])["line"])
+        found.extend(reply["Messages"])
+
+
+@pytest.fixture
+def start_batch(batch_settings, data_bucket, work_queue):
+    """Ingest these lines as a batch; returns (batch id, the work queue's deliveries)."""
+
+    def start(*lines: dict) -> tuple[str, list[dict]]:
+        key = f"{batch_ingest.INCOMING_PREFIX}{uuid.uuid4().hex}.jsonl"
+        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        boto3.client("s3").put_object(Bucket=data_bucket, Key=key, Body=content)
+        batch_id = batch_ingest.open_batch(data_bucket, key)
+        batch_ingest.ingest(batch_id, LambdaContext())
+        return batch_id, deliveries(work_queue)
+
+    return start

@@ -7,8 +7,8 @@ import uuid
 import boto3
 import pytest
 
-from tests.unit.conftest import LambdaContext
-from tests.unit.test_batch_worker import deliveries, request, sqs_event
+from tests.unit.conftest import LambdaContext, deliveries
+from tests.unit.test_batch_worker import request, sqs_event
 from xjobs import batch_finalize, batch_ingest, batch_worker, batches, notify
 from xjobs.batch_lines import error_line, result_line
 from xjobs.files import batch_file_id

@@ -329,7 +329,8 @@ def test_a_file_over_the_line_limit_fails_the_batch_before_any_line_runs(
 
 
 def test_two_ingests_of_one_upload_run_each_line_once(batch_settings, data_bucket, work_queue, sim):
-    from tests.unit.test_batch_worker import deliveries, sqs_event
+    from tests.unit.conftest import deliveries
+    from tests.unit.test_batch_worker import sqs_event
 
     lines = [request(f"r{i}", f"q{i}") for i in range(1, 121)] + [request("r7", "again")]
     key = upload(data_bucket, jsonl(lines))

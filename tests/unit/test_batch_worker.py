@@ -11,24 +11,13 @@ import uuid
 import boto3
 import pytest
 
-from tests.unit.conftest import LambdaContext
+from tests.unit.conftest import LambdaContext, deliveries
 from tests.unit.test_batch_ingest import request
 from xjobs import batch_ingest, batch_worker, batches, limiter, upstream
 from xjobs.batch_ingest import INLINE_BODY_BYTES
 from xjobs.xai import rate_limit_backoff
 
 CHAT_PATH = "/v1/chat/completions"
-
-
-def deliveries(queue_url: str) -> list[dict]:
-    """Every message the queue delivers now (each stays in flight for the queue's 720 s)."""
-    sqs = boto3.client("sqs")
-    found = []
-    while True:
-        reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"])
-        if not reply.get("Messages"):
-            return sorted(found, key=lambda m: json.loads(m["Body"])["line"])
-        found.extend(reply["Messages"])
 
 
 def sqs_event(messages: list[dict]) -> dict:
@@ -58,21 +47,6 @@ def returned(response: dict) -> set[str]:
 @pytest.fixture
 def store(batch_settings) -> batches.BatchStore:
     return batches.BatchStore(batch_settings.batches_table, batch_settings.batch_items_table)
-
-
-@pytest.fixture
-def start_batch(batch_settings, data_bucket, work_queue):
-    """Ingest these lines as a batch; returns (batch id, the work queue's deliveries)."""
-
-    def start(*lines: dict) -> tuple[str, list[dict]]:
-        key = f"{batch_ingest.INCOMING_PREFIX}{uuid.uuid4().hex}.jsonl"
-        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        boto3.client("s3").put_object(Bucket=data_bucket, Key=key, Body=content)
-        batch_id = batch_ingest.open_batch(data_bucket, key)
-        batch_ingest.ingest(batch_id, LambdaContext())
-        return batch_id, deliveries(work_queue)
-
-    return start
 
 
 def outcomes(store: batches.BatchStore, batch_id: str) -> dict[int, dict]:

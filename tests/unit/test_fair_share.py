@@ -9,9 +9,9 @@ import time
 import boto3
 import pytest
 
-from tests.unit.conftest import LambdaContext
+from tests.unit.conftest import LambdaContext, deliveries
 from tests.unit.test_batch_ingest import request
-from tests.unit.test_batch_worker import chat_calls, deliveries, outcomes, returned, sent_again, sqs_event
+from tests.unit.test_batch_worker import chat_calls, outcomes, returned, sent_again, sqs_event
 from xjobs import batch_ingest, batch_worker, limiter, upstream
 from xjobs.limiter import FairShare, fair_shares
 
@@ -171,19 +171,6 @@ def fill_tenant_windows(limits_table: str, tenant: str, seconds: float) -> None:
 def limiter_items(limits_table: str, prefix: str) -> list[str]:
     items = boto3.resource("dynamodb").Table(limits_table).scan()["Items"]
     return [item["id"] for item in items if item["id"].startswith(prefix)]
-
-
-@pytest.fixture
-def start_batch(batch_settings, data_bucket, work_queue):
-    def start(*lines: dict) -> tuple[str, list[dict]]:
-        key = f"{batch_ingest.INCOMING_PREFIX}fair-{time.time_ns()}.jsonl"
-        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        boto3.client("s3").put_object(Bucket=data_bucket, Key=key, Body=content)
-        batch_id = batch_ingest.open_batch(data_bucket, key)
-        batch_ingest.ingest(batch_id, LambdaContext())
-        return batch_id, deliveries(work_queue)
-
-    return start
 
 
 def test_a_tenant_alone_goes_through_the_account_limiter_only(sim, start_batch, batch_settings):
