@@ -51,6 +51,12 @@ def tenant_of(app) -> str:
     return tenant
 
 
+def idempotency_key_of(app) -> str | None:
+    """The request's Idempotency-Key header, if it has one."""
+    headers = app.current_event.headers
+    return headers.get("Idempotency-Key") or headers.get("idempotency-key") or None
+
+
 def paused(view: dict, running: bool) -> dict:
     """A running job or batch says why it waits while the xAI account is blocked (account.py)."""
     block = account().blocked() if running else None
@@ -83,10 +89,8 @@ def _store() -> jobs.JobStore:
 
 
 def _submit(kind: str) -> Response:
-    event = router.current_event
-    request = parse_job_request(kind, event.body)
-    key = event.headers.get("Idempotency-Key") or event.headers.get("idempotency-key")
-    job = submit_job(tenant_of(router), kind, request, key, router.lambda_context)
+    request = parse_job_request(kind, router.current_event.body)
+    job = submit_job(tenant_of(router), kind, request, idempotency_key_of(router), router.lambda_context)
     if kind == DEFERRED_CHAT:
         job["request_id"] = job["id"]  # what xAI's deferred chat answers: the id to read the result with
     return Response(202, "application/json", job)

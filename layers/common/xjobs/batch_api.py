@@ -7,7 +7,7 @@ from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import aws, batches
-from .api import list_page, page_limit, paused, tenant_of
+from .api import idempotency_key_of, list_page, page_limit, paused, tenant_of
 from .batch_ingest import INCOMING_PREFIX
 from .file_api import file_store
 from .files import FileNotFound
@@ -72,9 +72,7 @@ def create_batch():
         source = None
     if source is None or source.get("bytes") is None:
         raise BadRequest(f"field 'input_file_id': no uploaded file {request.input_file_id}") from None
-    key = router.current_event.headers.get("Idempotency-Key") or router.current_event.headers.get(
-        "idempotency-key"
-    )
+    key = idempotency_key_of(router)
     # With an Idempotency-Key the batch's id follows from it, so a retry finds the batch it made.
     batch_id = _batch_id_for_key(tenant, key) if key else new_id("batch")
     store = _store()

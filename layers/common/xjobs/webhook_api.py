@@ -3,7 +3,7 @@
 from aws_lambda_powertools.event_handler.router import Router
 from pydantic import BaseModel, ConfigDict, Field
 
-from .api import tenant_of
+from .api import idempotency_key_of, tenant_of
 from .models import validate_body
 from .observability import logger
 from .settings import get_settings
@@ -31,13 +31,11 @@ def get_webhook_secret():
 
 @router.post("/v1/webhook_secret/rotate")
 def rotate_webhook_secret():
-    event = router.current_event
-    request = validate_body(Rotation, event.body or "{}")
+    request = validate_body(Rotation, router.current_event.body or "{}")
     tenant = tenant_of(router)
     grace = request.grace_seconds
     if grace is None:
         grace = get_settings().webhook_secret_grace_seconds
-    key = event.headers.get("Idempotency-Key") or event.headers.get("idempotency-key") or ""
-    item = _store().rotate_webhook_secret(tenant, grace, request_key=key)
+    item = _store().rotate_webhook_secret(tenant, grace, request_key=idempotency_key_of(router) or "")
     logger.info("webhook secret rotated", extra={"grace_seconds": grace})
     return webhook_secret_view(item)
